@@ -1,0 +1,1 @@
+"""Subcommands of the `fewstep` CLI (one module each)."""

@@ -1,0 +1,1 @@
+"""Embedded datasets (no downloads) and user data loaders."""

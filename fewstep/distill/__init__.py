@@ -1,0 +1,1 @@
+"""Distillation trainers on accelerate: one loop, one file per objective."""

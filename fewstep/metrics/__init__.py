@@ -1,0 +1,1 @@
+"""FID / KID / FD: feature extractors, streaming statistics, Frechet distance."""

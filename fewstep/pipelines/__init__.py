@@ -1,0 +1,1 @@
+"""diffusers integration: FewStepScheduler, pipelines and models (the only place importing diffusers)."""

@@ -1,0 +1,1 @@
+"""Learning-free and learned few-step sampling on any noise path (torch only)."""
