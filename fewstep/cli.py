@@ -15,6 +15,7 @@ from typing import Sequence
 # name -> module; a module that fails to import is reported, not hidden.
 COMMANDS: dict[str, str] = {
     "solvers": "fewstep.commands.solvers",
+    "fid": "fewstep.commands.fid",
 }
 
 

@@ -1,1 +1,24 @@
-"""Learning-free and learned few-step sampling on any noise path (torch only)."""
+"""Learning-free and learned few-step sampling on any noise path (torch only).
+
+    from fewstep.samplers import RectifiedFlowPath, GaussianMixture, get_schedule, get_solver, sample
+    path = RectifiedFlowPath()
+    denoiser = GaussianMixture.random(4, 2).denoiser(path)    # or Denoiser(model, path, "flow_prediction")
+    ts = get_schedule("logsnr", path, num_steps=8)
+    x0, nfe = sample(denoiser, torch.randn(16, 2), ts, get_solver("dpmpp_2m"))
+"""
+
+from .denoiser import CFGDenoiser, Denoiser, DenoiserLike, ThresholdedDenoiser, dynamic_threshold
+from .mixture import GaussianMixture, MixtureDenoiser, MixtureModel
+from .parameterization import PREDICTION_TYPES, from_x0_eps, to_x0, to_x0_eps
+from .paths import ContinuousVPPath, DiscreteVPPath, NoisePath, RectifiedFlowPath, path_from_config
+from .sampling import SampleOutput, StepInfo, reference_solution, sample
+from .schedules import available_schedules, get_schedule, validate_grid
+from .solvers import Solver, StepPlan, available_solvers, get_solver
+
+__all__ = [
+    "CFGDenoiser", "ContinuousVPPath", "Denoiser", "DenoiserLike", "DiscreteVPPath", "GaussianMixture",
+    "MixtureDenoiser", "MixtureModel", "NoisePath", "PREDICTION_TYPES", "RectifiedFlowPath", "SampleOutput",
+    "Solver", "StepInfo", "StepPlan", "ThresholdedDenoiser", "available_schedules", "available_solvers",
+    "dynamic_threshold", "from_x0_eps", "get_schedule", "get_solver", "path_from_config", "reference_solution",
+    "sample", "to_x0", "to_x0_eps", "validate_grid",
+]

@@ -1,0 +1,122 @@
+"""Frechet distance between Gaussians fitted to features (FID when the features are Inception's).
+
+`FD = |mu1 - mu2|^2 + Tr(S1) + Tr(S2) - 2 Tr((S1 S2)^{1/2})`   (Dowson & Landau 1982; Heusel et al. 2017)
+
+The only hard term is `Tr((S1 S2)^{1/2})`. With any factor `S1 = F^T F` (F: r x d) the non-zero
+eigenvalues of `S1 S2` are those of the symmetric PSD matrix `F S2 F^T` (r x r), so
+
+    Tr((S1 S2)^{1/2}) = sum_i sqrt(eigvalsh(F S2 F^T)_i),
+
+computed in float64 with a symmetric eigensolver: no complex arithmetic, no non-symmetric `eig`
+(torchmetrics) and no Schur-based `sqrtm` (pytorch-fid / scipy). F is
+
+- the Cholesky factor `L^T` when S1 is positive definite (n > d; cheapest),
+- `diag(sqrt(w)) U^T` from `eigh(S1)` otherwise: the symmetric form `S1^{1/2} S2 S1^{1/2}`
+  rotated by U, keeping only the positive eigenvalues (rank r <= n - 1),
+- the centred features `(X - mu) / sqrt(n - 1)` themselves when they are at hand and n < d
+  (low-rank path: an n x n problem; with features on both sides it is the nuclear norm of
+  `F1 F2^T`, an n1 x n2 SVD).
+
+Round-off makes eigenvalues of PSD matrices come out as tiny negatives (about -1e-16 times the
+largest); they are clipped to 0 before the square root, and the final distance is clipped at 0,
+so near-identical sets give 0.0 or a tiny positive number, never a negative or complex one.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+def _f64(x: np.ndarray | Tensor) -> Tensor:
+    """A float64 CPU-or-device tensor view of `x` (numpy arrays stay on CPU)."""
+    if isinstance(x, Tensor):
+        return x.to(torch.float64)
+    return torch.from_numpy(np.asarray(x, dtype=np.float64))
+
+
+def covariance_factor(sigma: Tensor) -> Tensor:
+    """A factor F (r x d) with `F^T F = sigma`: Cholesky if positive definite, else clipped eigh."""
+    factor, info = torch.linalg.cholesky_ex(sigma)
+    if int(info) == 0:
+        return factor.T
+    eigenvalues, eigenvectors = torch.linalg.eigh(sigma)
+    keep = eigenvalues > eigenvalues.max().clamp(min=0) * sigma.shape[0] * torch.finfo(sigma.dtype).eps
+    return eigenvalues[keep].sqrt()[:, None] * eigenvectors[:, keep].T
+
+
+def feature_factor(features: Tensor) -> Tensor:
+    """The low-rank factor `(X - mean) / sqrt(n - 1)` (n x d) of the sample covariance of X (n x d)."""
+    x = _f64(features)
+    return (x - x.mean(0)) / (x.shape[0] - 1) ** 0.5
+
+
+def trace_sqrt_product(
+    sigma1: Tensor | None,
+    sigma2: Tensor | None,
+    factor1: Tensor | None = None,
+    factor2: Tensor | None = None,
+) -> float:
+    """`Tr((S1 S2)^{1/2})` via the eigenvalues of the symmetric `F1 S2 F1^T` (see module docstring).
+
+    sigma1, sigma2: (d, d) covariances; factor1, factor2: optional (r, d) factors with
+    `F^T F = S`. With both factors the result is the nuclear norm of `F1 F2^T`.
+    """
+    if factor1 is not None and factor2 is not None:
+        return float(torch.linalg.svdvals(factor1 @ factor2.T).sum())
+    if factor1 is None and factor2 is not None:  # Tr sqrt(S1 S2) = Tr sqrt(S2 S1): swap roles
+        return trace_sqrt_product(sigma2, sigma1, factor2, None)
+    if factor1 is None:
+        factor1 = covariance_factor(sigma1)
+    inner = factor1 @ sigma2 @ factor1.T
+    inner = (inner + inner.T) / 2  # exact symmetry for the symmetric solver
+    return float(torch.linalg.eigvalsh(inner).clamp(min=0).sqrt().sum())
+
+
+def frechet_distance(
+    mu1: np.ndarray | Tensor,
+    sigma1: np.ndarray | Tensor,
+    mu2: np.ndarray | Tensor,
+    sigma2: np.ndarray | Tensor,
+    factor1: Tensor | None = None,
+    factor2: Tensor | None = None,
+) -> float:
+    """Frechet distance `|mu1 - mu2|^2 + Tr(S1 + S2 - 2 (S1 S2)^{1/2})` in float64, clipped at 0.
+
+    mu: (d,), sigma: (d, d); optional factors (r, d) with `F^T F = sigma` select the low-rank path.
+    """
+    mu1, mu2, sigma1, sigma2 = (_f64(a) for a in (mu1, mu2, sigma1, sigma2))
+    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != (mu1.numel(),) * 2:
+        raise ValueError(
+            f"feature dimensions differ: mu {tuple(mu1.shape)} vs {tuple(mu2.shape)}, "
+            f"sigma {tuple(sigma1.shape)} vs {tuple(sigma2.shape)}; both sides must use the same "
+            "feature extractor"
+        )
+    for name, value in (("mu1", mu1), ("sigma1", sigma1), ("mu2", mu2), ("sigma2", sigma2)):
+        if not torch.isfinite(value).all():
+            raise ValueError(f"{name} contains NaN or infinite values; recompute the statistics")
+    factor1 = None if factor1 is None else _f64(factor1)
+    factor2 = None if factor2 is None else _f64(factor2)
+    mean_term = float((mu1 - mu2).square().sum())
+    trace_term = float(sigma1.trace() + sigma2.trace())
+    cross = trace_sqrt_product(sigma1, sigma2, factor1, factor2)
+    return max(mean_term + trace_term - 2.0 * cross, 0.0)
+
+
+def frechet_distance_from_features(features1: Tensor, features2: Tensor) -> float:
+    """Frechet distance between two feature sets (n1 x d, n2 x d); low-rank path when n <= d."""
+    x1, x2 = _f64(features1), _f64(features2)
+    if x1.shape[1] != x2.shape[1]:
+        raise ValueError(f"feature dimensions differ: {x1.shape[1]} vs {x2.shape[1]}")
+    if min(x1.shape[0], x2.shape[0]) < 2:
+        raise ValueError("each feature set needs at least 2 rows for a covariance")
+    d = x1.shape[1]
+    f1 = feature_factor(x1) if x1.shape[0] <= d else None
+    f2 = feature_factor(x2) if x2.shape[0] <= d else None
+    if f1 is not None and f2 is not None:  # never form a d x d matrix
+        mean_term = float((x1.mean(0) - x2.mean(0)).square().sum())
+        trace_term = float(f1.square().sum() + f2.square().sum())
+        return max(mean_term + trace_term - 2.0 * trace_sqrt_product(None, None, f1, f2), 0.0)
+    return frechet_distance(x1.mean(0), torch.cov(x1.T).reshape(d, d), x2.mean(0),
+                            torch.cov(x2.T).reshape(d, d), f1, f2)

@@ -1,0 +1,200 @@
+"""What `fewstep fid` can score: image folders, ADM-style .npz image batches, .npz statistics.
+
+Images are read as uint8 (C, H, W) with their own channel count where the extractors take it
+(L -> 1, RGB -> 3, RGBA -> 4); the extractor converts per its protocol (Inception: gray
+replicated, alpha dropped, which is what `PIL.Image.convert("RGB")` does in pytorch-fid and
+torch-fidelity). Any other PIL mode (P, LA, CMYK, I;16, ...) is converted with
+`convert("RGB")` here. Every conversion is counted and reported.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from fewstep.metrics.stats import npz_keys
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+_NATIVE_MODES = {"L": "grayscale (1 channel, replicated to RGB by the extractor)", "RGB": None,
+                 "RGBA": "RGBA (4 channels, alpha dropped by the extractor)"}
+
+
+@dataclass
+class Item:
+    """One image: global index, uint8 (C, H, W) tensor (None if unreadable), source name, notes."""
+
+    index: int
+    image: Tensor | None
+    name: str
+    conversion: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class InputReport:
+    """What was read from one input: counts, skipped files, conversions and image sizes."""
+
+    path: str
+    kind: str
+    n: int = 0
+    skipped: list[str] = field(default_factory=list)
+    conversions: Counter = field(default_factory=Counter)
+    sizes: Counter = field(default_factory=Counter)
+
+
+def input_kind(path: str | os.PathLike) -> str:
+    """'folder', 'images' (.npz with arr_0) or 'stats' (.npz with mu and sigma)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"input {str(path)!r} does not exist")
+    if path.is_dir():
+        return "folder"
+    if path.suffix.lower() != ".npz":
+        raise ValueError(f"input {str(path)!r} must be an image folder or an .npz file (statistics or arr_0 images)")
+    keys = npz_keys(path)
+    if "mu" in keys and "sigma" in keys:
+        return "stats"
+    if "arr_0" in keys:
+        return "images"
+    raise ValueError(
+        f"{str(path)!r} has neither 'mu'/'sigma' (statistics) nor 'arr_0' (uint8 NHWC image batch); "
+        f"keys found: {', '.join(keys) or 'none'}"
+    )
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """Image files under `folder`, recursively, in sorted path order; an error if there are none."""
+    folder = Path(folder)
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    if not files:
+        raise ValueError(
+            f"no images ({', '.join(e[1:] for e in IMAGE_EXTENSIONS)}) found under {str(folder)!r}"
+        )
+    return files
+
+
+def read_image(path: Path) -> tuple[Tensor, str | None]:
+    """Decode one image file to uint8 (C, H, W) with C in {1, 3, 4}, plus a conversion note."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image.load()
+        mode = image.mode
+        if mode in _NATIVE_MODES:
+            note = _NATIVE_MODES[mode]
+        else:
+            image = image.convert("RGB")
+            note = f"{mode} converted to RGB by PIL"
+        array = np.asarray(image, dtype=np.uint8)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    return torch.from_numpy(array.copy()).permute(2, 0, 1), note
+
+
+class FolderDataset(torch.utils.data.Dataset):
+    """A (sharded) list of image files -> `Item`s; decoding errors are captured, not raised."""
+
+    def __init__(self, files: list[Path], indices: list[int], root: Path) -> None:
+        self.files, self.indices, self.root = files, indices, root
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> Item:
+        index = self.indices[i]
+        path = self.files[index]
+        name = str(path)
+        try:
+            image, note = read_image(path)
+        except Exception as error:  # PIL raises many types for corrupt files
+            return Item(index, None, name, error=f"{type(error).__name__}: {error}")
+        return Item(index, image, name, conversion=note)
+
+
+def _collate(items: list[Item]) -> list[Item]:
+    return items
+
+
+def iterate_folder(
+    folder: str | os.PathLike, batch_size: int, num_workers: int, rank: int = 0, world: int = 1
+) -> tuple[int, Iterator[list[Item]]]:
+    """(number of images on this rank, batches of `Item`s); rank r reads files r, r + world, ..."""
+    files = list_images(folder)
+    indices = list(range(rank, len(files), world))
+    dataset = FolderDataset(files, indices, Path(folder))
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate, shuffle=False
+    )
+    return len(files), iter(loader)
+
+
+def _open_npz_array(path: Path, key: str = "arr_0") -> tuple[zipfile.ZipFile, object, tuple, np.dtype, bool]:
+    """Open one array of an .npz for streaming: (archive, file object at data, shape, dtype, fortran)."""
+    archive = zipfile.ZipFile(path)
+    stream = archive.open(f"{key}.npy")
+    version = np.lib.format.read_magic(stream)
+    read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    if version not in read_header:
+        archive.close()
+        raise ValueError(f"{str(path)!r}: unsupported .npy format version {version} for {key}")
+    shape, fortran, dtype = read_header[version](stream)  # header only, no data read
+    if dtype.hasobject:
+        archive.close()
+        raise ValueError(f"{str(path)!r}: {key} holds Python objects; expected a uint8 NHWC image array")
+    return archive, stream, shape, dtype, fortran
+
+
+def iterate_npz_images(
+    path: str | os.PathLike, batch_size: int, rank: int = 0, world: int = 1
+) -> tuple[int, Iterator[list[Item]]]:
+    """(number of images, batches) from an ADM-style .npz whose arr_0 is uint8 (N, H, W, C).
+
+    The array is streamed from the zip member batch by batch (memory O(batch)); rank r reads
+    the contiguous block of rows [r N / world, (r + 1) N / world).
+    """
+    path = Path(path)
+    archive, stream, shape, dtype, fortran = _open_npz_array(path)
+    if dtype != np.uint8 or len(shape) != 4 or shape[3] not in (1, 3, 4) or fortran:
+        archive.close()
+        raise ValueError(
+            f"{str(path)!r}: arr_0 must be a C-ordered uint8 array (N, H, W, C) with C in 1, 3, 4 "
+            f"(ADM's sample format); got dtype {dtype}, shape {shape}"
+        )
+    n, row_bytes = shape[0], int(np.prod(shape[1:]))
+    note = {1: _NATIVE_MODES["L"], 3: None, 4: _NATIVE_MODES["RGBA"]}[shape[3]]
+    start, stop = n * rank // world, n * (rank + 1) // world
+
+    def batches() -> Iterator[list[Item]]:
+        try:
+            stream.seek(stream.tell() + start * row_bytes)
+            for first in range(start, stop, batch_size):
+                count = min(batch_size, stop - first)
+                raw = stream.read(count * row_bytes)
+                if len(raw) != count * row_bytes:
+                    raise ValueError(f"{str(path)!r}: arr_0 is truncated at row {first}")
+                block = torch.from_numpy(np.frombuffer(raw, dtype=np.uint8).reshape(count, *shape[1:]).copy())
+                yield [
+                    Item(first + j, block[j].permute(2, 0, 1), f"{path.name}[{first + j}]", note)
+                    for j in range(count)
+                ]
+        finally:
+            archive.close()
+
+    return n, batches()
+
+
+def count_images(path: str | os.PathLike, kind: str) -> int:
+    """Number of images in a folder or .npz batch without decoding any."""
+    if kind == "folder":
+        return len(list_images(path))
+    archive, _, shape, _, _ = _open_npz_array(Path(path))
+    archive.close()
+    return int(shape[0])
