@@ -107,6 +107,21 @@ def _check_stats_provenance(stats_list: list, feature_name: str | None, extracto
     return notes
 
 
+def _default_features(loaded: list) -> str:
+    """The extractor named in the statistics files (so `fewstep fid x/ ref.npz` just works), else inception."""
+    from fewstep.metrics.features import available_feature_extractors
+
+    names = [stats.extractor for _, stats in loaded if stats.extractor != "unknown"]
+    if not names:
+        return "inception"
+    if names[0] not in available_feature_extractors():
+        raise ValueError(
+            f"{loaded[0][0]!r} was computed with extractor {names[0]!r}, which is not registered here; "
+            "pass --features NAME or --features package.module:callable"
+        )
+    return names[0]
+
+
 def _default_device(dist: Any) -> str:
     import torch
 
@@ -143,8 +158,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("KID needs the features of both sets; give images, not statistics, on both sides")
     if (args.bootstrap or args.fid_inf) and len(loaded) == 2:
         raise ValueError("--bootstrap and --fid-inf need images on at least one side")
-    feature_name = args.features or next((s.extractor for _, s in loaded if s.extractor != "unknown"), "inception")
-    notes = _check_stats_provenance(loaded, feature_name, None)
+    feature_name = args.features or _default_features(loaded)
+    notes = _check_stats_provenance(loaded, feature_name, None) if all(k == "stats" for k in kinds) else []
 
     dist = Distributed()
     started = time.perf_counter()
@@ -222,7 +237,7 @@ def _score(sides: list, args: argparse.Namespace, extractor_name: str) -> dict:
     base, other = (x1, x2 if x2 is not None else stats2) if x1 is not None else (x2, stats1)
     if args.bootstrap:
         boot = bootstrap_fd(base, other, args.bootstrap, seed=args.seed, progress=not args.json)
-        result["bootstrap"] = {"low": boot.low, "high": boot.high, "std": boot.std,
+        result["bootstrap"] = {"low": boot.low, "high": boot.high, "std": boot.std, "bias": boot.bias,
                                "level": boot.level, "replicates": args.bootstrap}
     if args.fid_inf:
         intercept, sizes, values = fid_infinity(base, other, seed=args.seed)
@@ -242,10 +257,13 @@ def _print(result: dict, as_json: bool) -> None:
     else:
         key = result["metric"].lower()
         line = f"{result['metric']}: {result[key]:.6f}"
+        lines.append(line)
         if "bootstrap" in result:
             b = result["bootstrap"]
-            line += f"   {b['level']:.0%} bootstrap interval [{b['low']:.6f}, {b['high']:.6f}] ({b['replicates']} reps)"
-        lines.append(line)
+            lines.append(
+                f"bootstrap ({b['replicates']} reps): std {b['std']:.6f}, resampling bias {b['bias']:+.6f}; "
+                f"{b['level']:.0%} interval for the population value (bias-corrected): [{b['low']:.6f}, {b['high']:.6f}]"
+            )
         if "kid" in result:
             k = result["kid"]
             lines.append(f"KID: {k['mean']:.6g} ± {k['std']:.6g}   ({k['subsets']} subsets of {k['subset_size']})")
@@ -266,3 +284,19 @@ def _print(result: dict, as_json: bool) -> None:
         lines.append(f"  computed across {result['processes']} processes")
     print("\n".join(lines))
     sys.stdout.flush()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m fewstep.commands.fid ...`: this command alone, with `fewstep`'s error handling."""
+    parser = argparse.ArgumentParser(prog="fewstep")
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["fid", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        return int(run(args) or 0)
+    except (ValueError, FileNotFoundError, KeyError) as error:
+        print(f"fewstep fid: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -17,7 +17,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fewstep.data.base import TensorImageDataset, check_split, select_split, uint8_to_unit
+from fewstep.data.base import (
+    TensorImageDataset,
+    check_split,
+    select_split,
+    stratified_split,
+    uint8_to_unit,
+)
 
 MNIST_HELD_OUT_PER_CLASS = 50  # 500 held-out images, 4,500 train
 DIGITS_HELD_OUT_PER_CLASS = 20  # 200 held-out images, 1,597 train
@@ -56,8 +62,6 @@ def mnist_arrays() -> tuple[np.ndarray, np.ndarray]:
 
 def mnist_split_indices(split: str = "all") -> np.ndarray:
     """Indices into `mnist_arrays()` of the given split (train 4,500 / test 500 / all 5,000)."""
-    from fewstep.data.base import stratified_split
-
     check_split(split)
     labels = mnist_arrays()[1]
     if split == "all":

@@ -139,7 +139,10 @@ def _open_hf(path: Path, split: str | None) -> Any:
     try:
         import datasets
     except ImportError as e:
-        raise ImportError("Hugging Face datasets need `pip install datasets`") from e
+        raise ImportError(
+            f"Hugging Face datasets need the `datasets` package (`pip install datasets`); "
+            f"importing it failed: {e}"
+        ) from e
     if not path.exists():
         raise FileNotFoundError(
             f"dataset path {path} does not exist; pass a folder written by "
@@ -163,7 +166,7 @@ def _open_hf(path: Path, split: str | None) -> Any:
 
 
 class HFImageDataset(Dataset):
-    """A local Hugging Face image dataset: items `(float32 [channels, resolution, resolution] in [-1, 1], label)`.
+    """Local Hugging Face image dataset: items `(float32 [channels, res, res] in [-1, 1], label)`.
 
     `path` is a `save_to_disk` folder (`load_from_disk`) or a plain image folder (loaded with the
     `imagefolder` builder, which labels by sub-folder). Images are converted like
@@ -189,7 +192,9 @@ class HFImageDataset(Dataset):
         for col, arg in ((image_column, "image_column"), (label_column, "label_column")):
             if col is not None and col not in columns:
                 hint = " or label_column=None for unlabelled data" if arg == "label_column" else ""
-                raise ValueError(f"{self.path} has no column {col!r}; pass {arg}= one of {columns}{hint}")
+                raise ValueError(
+                    f"{self.path} has no column {col!r}; pass {arg}= one of {columns}{hint}"
+                )
         self.classes, self.labels = self._labels(label_column)
 
     def _labels(self, label_column: str | None) -> tuple[list[str], list[int]]:

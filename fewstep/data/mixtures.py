@@ -15,6 +15,8 @@ import math
 import torch
 from torch.utils.data import Dataset
 
+from fewstep.data.base import check_split
+
 MIXTURES: tuple[str, ...] = ("8gaussians", "moons")
 
 
@@ -82,8 +84,6 @@ class GaussianMixtureDataset(Dataset):
     """
 
     def __init__(self, name: str, n: int = 10_000, split: str = "train", seed: int = 0) -> None:
-        from fewstep.data.base import check_split
-
         check_split(split)
         generator = torch.Generator().manual_seed(seed + (1 if split == "test" else 0))
         self.name = name

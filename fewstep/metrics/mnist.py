@@ -34,7 +34,7 @@ STATS_DIR = "mnist_stats"
 
 
 class MnistClassifier(ModelMixin, ConfigMixin):
-    """CNN classifier: x [N, 1, 32, 32] in [-1, 1] -> logits [N, num_classes]; `features` gives [N, widths[-1]]."""
+    """CNN: x [N, 1, 32, 32] in [-1, 1] -> logits [N, num_classes]; `features(x)` -> [N, widths[-1]]."""
 
     @register_to_config
     def __init__(

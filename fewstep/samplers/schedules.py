@@ -90,7 +90,8 @@ def dynamic_shift_times(ts: Tensor, mu: float, shift_type: str = "exponential") 
     return torch.where(ts > 0, shifted, ts)
 
 
-def _apply_shift(ts: Tensor, shift: float | None, mu: float | None, shift_type: str) -> Tensor:
+def apply_time_shift(ts: Tensor, shift: float | None, mu: float | None, shift_type: str = "exponential") -> Tensor:
+    """Dynamic shift if `mu` is given, else the static `shift` (1 or None: unchanged)."""
     if mu is not None:
         return dynamic_shift_times(ts, mu, shift_type)
     if shift is not None and shift != 1.0:
@@ -138,7 +139,7 @@ def uniform(
         k = k.clamp(0, path.num_train_timesteps - 1)
         return _with_final(torch.cat([(k + 1) / path.num_train_timesteps, k.new_zeros(1)]), path, final)
     ts = torch.linspace(t_max, path.t_min, num_steps + 1, dtype=_F64)
-    ts = path.snap(_apply_shift(ts, shift, mu, shift_type))
+    ts = path.snap(apply_time_shift(ts, shift, mu, shift_type))
     return _with_final(ts, path, final)
 
 
@@ -155,7 +156,7 @@ def quadratic(
     """Time-quadratic grid of DPM-Solver (Lu et al. 2022): sqrt(t) uniform; denser near data."""
     check_num_steps(num_steps)
     ts = torch.linspace(math.sqrt(t_max), math.sqrt(path.t_min), num_steps + 1, dtype=_F64) ** 2
-    ts = path.snap(_apply_shift(ts, shift, mu, shift_type))
+    ts = path.snap(apply_time_shift(ts, shift, mu, shift_type))
     return _with_final(ts, path, final)
 
 
@@ -174,16 +175,16 @@ def flow_shift(
         raise ValueError("flow_shift needs `shift` (e.g. 3.0) or `mu` (dynamic shifting)")
     check_num_steps(num_steps)
     ts = torch.linspace(t_max, path.t_min, num_steps + 1, dtype=_F64)
-    return _with_final(_apply_shift(ts, shift, mu, shift_type), path, final)
+    return _with_final(apply_time_shift(ts, shift, mu, shift_type), path, final)
 
 
 # ------------------------------------------------------------------- sigma-space grids
 
 
-def _lam_points(path: NoisePath, count: int, final: Final, t_max: float | None) -> tuple[Tensor, Tensor]:
-    lam_hi_noise = path.lam(path.t_hi_finite if t_max is None else min(t_max, path.t_hi_finite))
-    lam_lo_noise = path.lam(path.t_lo_finite)
-    return lam_hi_noise, lam_lo_noise
+def _lam_ends(path: NoisePath, t_max: float | None) -> tuple[Tensor, Tensor]:
+    """log-SNR at the noisy and the clean finite ends of the path."""
+    t_start = path.t_hi_finite if t_max is None else min(t_max, path.t_hi_finite)
+    return path.lam(t_start), path.lam(path.t_lo_finite)
 
 
 def _finish_sigma_space(path: NoisePath, ts: Tensor, final: Final) -> Tensor:
@@ -198,7 +199,7 @@ def logsnr(path: NoisePath, num_steps: int, final: Final = "zero", *, t_max: flo
     """logSNR-uniform grid (DPM-Solver's recommendation for small images); = k-diffusion 'exponential'."""
     check_num_steps(num_steps)
     count = num_steps if final == "zero" else num_steps + 1
-    lam_start, lam_end = _lam_points(path, count, final, t_max)
+    lam_start, lam_end = _lam_ends(path, t_max)
     if count == 1:
         lams = lam_start.reshape(1)
     else:
@@ -214,7 +215,7 @@ def karras(
     if rho <= 0:
         raise ValueError(f"rho must be positive, got {rho}")
     count = num_steps if final == "zero" else num_steps + 1
-    lam_start, lam_end = _lam_points(path, count, final, t_max)
+    lam_start, lam_end = _lam_ends(path, t_max)
     sigma_max, sigma_min = float(torch.exp(-lam_start)), float(torch.exp(-lam_end))
     ramp = torch.linspace(0, 1, count, dtype=_F64) if count > 1 else torch.zeros(1, dtype=_F64)
     inv_rho = 1.0 / rho

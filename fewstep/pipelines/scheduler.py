@@ -1,0 +1,386 @@
+"""FewStepScheduler: fewstep's solvers and grids behind diffusers' scheduler contract.
+
+    pipe.scheduler = FewStepScheduler.from_config(pipe.scheduler.config, solver="dpmpp_2m", schedule="logsnr")
+
+`from_config` inherits the pipeline's training schedule (betas or flow), prediction type and
+flow shift from DDPM / DDIM / PNDM / Euler / DPMSolverMultistep / FlowMatchEuler configs.
+Only one-evaluation-per-step (multistep) solvers are offered here; singlestep solvers and
+learned coefficients run in `fewstep.samplers.sample`.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
+
+from ..samplers.parameterization import check_prediction_type, to_x0
+from ..samplers.paths import DiscreteVPPath, NoisePath, RectifiedFlowPath
+from ..samplers.schedules import SCHEDULES, apply_time_shift, available_schedules, get_schedule, validate_grid
+from ..samplers.solvers import available_solvers, get_solver
+
+_FLOW_CLASS_PREFIXES = ("FlowMatch",)
+
+
+@dataclass
+class _StepTable:
+    """Python-float coefficients of one step (precomputed in `set_timesteps`)."""
+
+    alpha: float
+    sigma: float
+    x_coef: float
+    m_coefs: list[float]
+    noise_coef: float | None
+
+
+def scheduler_solvers() -> list[str]:
+    """Solvers usable in FewStepScheduler (one model evaluation per step)."""
+    return [name for name in available_solvers() if get_solver(name).kind == "multistep"]
+
+
+class FewStepScheduler(SchedulerMixin, ConfigMixin):
+    """DPM-Solver++ family (Lu et al. 2022) on any noise path and grid, as a diffusers scheduler.
+
+    Args:
+        solver: one of `scheduler_solvers()` ("ddim", "dpmpp_2m", "dpmpp_3m", "dpmpp_3m_o3", "sde_dpmpp_2m").
+        schedule: grid name ("uniform", "logsnr", "karras", "quadratic", "flow_shift", "exponential").
+        num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas,
+        rescale_betas_zero_snr: the training noise schedule of a VP (DDPM) model.
+        prediction_type: "epsilon", "v_prediction", "sample" or "flow_prediction".
+        path: "vp" or "flow"; None infers "flow" from prediction_type "flow_prediction".
+        shift, use_dynamic_shifting, base_shift, max_shift, base_image_seq_len,
+        max_image_seq_len, time_shift_type: flow time shift (SD3 static / Flux dynamic `mu`).
+        final: "zero" (last step to t = 0, returns x0_hat) or "t_min" (stop at the smallest
+            trained time; diffusers' final_sigmas_type="sigma_min").
+        lower_order_final: first/second order for the last steps when fewer than 15 steps.
+        euler_at_final: always make the last step first order.
+        thresholding, dynamic_thresholding_ratio, sample_max_value: dynamic thresholding of x0_hat.
+        timestep_spacing, steps_offset: diffusers' spacing of the "uniform" grid on DDPM models.
+        rho: Karras grid exponent.
+        check_finite: raise on NaN/inf model outputs (one reduction per step).
+    """
+
+    _compatibles: list[str] = []
+    order = 1
+
+    @register_to_config
+    def __init__(
+        self,
+        solver: str = "dpmpp_2m",
+        schedule: str = "uniform",
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        beta_schedule: str = "linear",
+        trained_betas: list[float] | None = None,
+        rescale_betas_zero_snr: bool = False,
+        prediction_type: str = "epsilon",
+        path: Literal["vp", "flow"] | None = None,
+        shift: float = 1.0,
+        use_dynamic_shifting: bool = False,
+        base_shift: float = 0.5,
+        max_shift: float = 1.15,
+        base_image_seq_len: int = 256,
+        max_image_seq_len: int = 4096,
+        time_shift_type: str = "exponential",
+        final: Literal["zero", "t_min"] = "zero",
+        lower_order_final: bool = True,
+        euler_at_final: bool = False,
+        thresholding: bool = False,
+        dynamic_thresholding_ratio: float = 0.995,
+        sample_max_value: float = 1.0,
+        timestep_spacing: str = "linspace",
+        steps_offset: int = 0,
+        rho: float = 7.0,
+        check_finite: bool = True,
+    ):
+        if solver not in scheduler_solvers():
+            known = solver in available_solvers()
+            hint = " (it needs several model calls per step: use fewstep.samplers.sample)" if known else ""
+            raise ValueError(f"solver {solver!r} is not available in FewStepScheduler{hint}; valid: {scheduler_solvers()}")
+        if schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {schedule!r}; valid: {sorted(SCHEDULES)} (explicit grids: set_timesteps(sigmas=...))")
+        check_prediction_type(prediction_type)
+        if final not in ("zero", "t_min"):
+            raise ValueError(f"final must be 'zero' or 't_min', got {final!r}")
+        self.path = self._build_path()
+        if self.path.kind == "flow" and prediction_type in ("epsilon", "v_prediction"):
+            raise ValueError(
+                f"prediction_type {prediction_type!r} contradicts a flow-matching model; flow models predict "
+                "velocity: use prediction_type='flow_prediction'"
+            )
+        if self.path.kind == "vp" and prediction_type == "flow_prediction":
+            raise ValueError("prediction_type 'flow_prediction' needs path='flow' (a rectified-flow model)")
+        self.solver = get_solver(
+            solver,
+            lower_order_final=lower_order_final,
+            euler_at_final=euler_at_final,
+            thresholding=thresholding,
+            threshold_quantile=dynamic_thresholding_ratio,
+            sample_max_value=sample_max_value,
+        )
+        self.num_inference_steps: int | None = None
+        self.timesteps = torch.zeros(0)
+        self.ts = torch.zeros(0, dtype=torch.float64)
+        self.sigmas = torch.zeros(0)
+        self._table: list[_StepTable] = []
+        self._history: list[torch.Tensor] = []
+        self._step_index: int | None = None
+        self._begin_index: int | None = None
+
+    # ------------------------------------------------------------------ configuration
+
+    def _build_path(self) -> NoisePath:
+        cfg = self.config
+        kind = cfg.path or ("flow" if cfg.prediction_type == "flow_prediction" else "vp")
+        if kind == "flow":
+            return RectifiedFlowPath(cfg.num_train_timesteps)
+        if kind != "vp":
+            raise ValueError(f"path must be 'vp' or 'flow', got {kind!r}")
+        return DiscreteVPPath.from_betas(
+            cfg.beta_schedule, cfg.num_train_timesteps, cfg.beta_start, cfg.beta_end,
+            cfg.trained_betas, cfg.rescale_betas_zero_snr,
+        )
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any] | None = None, return_unused_kwargs: bool = False, **kwargs):
+        """Build from any diffusers scheduler config, inheriting its training schedule and prediction type."""
+        if config is None:
+            raise ValueError("from_config needs a config, e.g. pipe.scheduler.config")
+        config = dict(config)
+        valid = set(inspect.signature(cls.__init__).parameters) - {"self"}
+        unknown = sorted(set(kwargs) - valid)
+        if unknown:
+            raise ValueError(f"unknown FewStepScheduler argument(s) {unknown}; valid: {sorted(valid)}")
+        translated = _translate_foreign_config(config)
+        _reject_contradicting_prediction_type(config, translated, kwargs)
+        # keep only what FewStepScheduler understands: other schedulers' keys are translated above
+        merged = {k: v for k, v in {**config, **translated}.items() if k in valid or k.startswith("_")}
+        return super().from_config(merged, return_unused_kwargs=return_unused_kwargs, **kwargs)
+
+    # ------------------------------------------------------------------ diffusers contract
+
+    @property
+    def init_noise_sigma(self) -> float:
+        """Standard deviation of the initial noise (1 for VP and flow paths)."""
+        return 1.0
+
+    @property
+    def step_index(self) -> int | None:
+        return self._step_index
+
+    @property
+    def begin_index(self) -> int | None:
+        return self._begin_index
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        """Start at this index (img2img pipelines call this before the loop)."""
+        self._begin_index = begin_index
+
+    def scale_model_input(self, sample: torch.Tensor, timestep: Any = None) -> torch.Tensor:
+        """Identity: VP and flow models take x_t unscaled."""
+        return sample
+
+    def __len__(self) -> int:
+        return self.config.num_train_timesteps
+
+    def set_timesteps(
+        self,
+        num_inference_steps: int | None = None,
+        device: str | torch.device | None = None,
+        timesteps: list[float] | torch.Tensor | None = None,
+        sigmas: list[float] | torch.Tensor | None = None,
+        mu: float | None = None,
+    ) -> None:
+        """Build the grid: from `schedule` and `num_inference_steps`, or from explicit `timesteps` / `sigmas`.
+
+        `timesteps` are in model units (integer DDPM steps, or t * num_train_timesteps for flows);
+        `sigmas` are diffusers sigmas (sigma/alpha for VP, t for flows, shifted like
+        FlowMatchEulerDiscreteScheduler does). A final t = 0 (or t_min) point is appended.
+        """
+        if sum(v is not None for v in (num_inference_steps, timesteps, sigmas)) == 0:
+            raise ValueError("set_timesteps needs num_inference_steps, timesteps or sigmas")
+        if timesteps is not None and sigmas is not None:
+            raise ValueError("pass either timesteps or sigmas, not both")
+        if self.path.kind == "flow" and self.config.use_dynamic_shifting and mu is None and timesteps is None:
+            raise ValueError("this flow scheduler uses dynamic shifting: pass mu=... (the pipeline computes it from the image size)")
+        if timesteps is not None:
+            ts = self._grid_from_timesteps(timesteps)
+        elif sigmas is not None:
+            ts = self._grid_from_sigmas(sigmas, mu)
+        else:
+            ts = self._grid_from_schedule(num_inference_steps, mu)
+        self._install_grid(validate_grid(ts), device)
+
+    def _final_point(self) -> float:
+        return 0.0 if self.config.final == "zero" else self.path.t_min
+
+    def _grid_from_schedule(self, num_inference_steps: int | None, mu: float | None) -> torch.Tensor:
+        cfg = self.config
+        if not isinstance(num_inference_steps, int) or isinstance(num_inference_steps, bool) or num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}")
+        kwargs: dict[str, Any] = {"final": cfg.final, "rho": cfg.rho}
+        if self.path.kind == "flow":
+            kwargs.update(shift=cfg.shift, mu=mu if cfg.use_dynamic_shifting else None, shift_type=cfg.time_shift_type)
+        else:
+            kwargs.update(timestep_spacing=cfg.timestep_spacing, steps_offset=cfg.steps_offset)
+        return get_schedule(cfg.schedule, self.path, num_inference_steps, **kwargs)
+
+    def _grid_from_timesteps(self, timesteps) -> torch.Tensor:
+        values = torch.as_tensor(timesteps, dtype=torch.float64).flatten().cpu()
+        ts = self.path.t_of_model_time(values)
+        return torch.cat([ts, torch.tensor([self._final_point()], dtype=torch.float64)])
+
+    def _grid_from_sigmas(self, sigmas, mu: float | None) -> torch.Tensor:
+        values = torch.as_tensor(sigmas, dtype=torch.float64).flatten().cpu()
+        if bool((values < 0).any()) or not bool(torch.isfinite(values).all()):
+            raise ValueError("sigmas must be finite and non-negative")
+        if self.path.kind == "flow":
+            use_mu = mu if self.config.use_dynamic_shifting else None
+            ts = apply_time_shift(values, self.config.shift, use_mu, self.config.time_shift_type)
+        else:
+            ts = self.path.t_of_lam(-torch.log(values))
+        if float(ts[-1]) != self._final_point() or ts.numel() == 1:
+            ts = torch.cat([ts, torch.tensor([self._final_point()], dtype=torch.float64)])
+        return ts
+
+    def _install_grid(self, ts: torch.Tensor, device) -> None:
+        """Store the grid and precompute every step's coefficients as Python floats."""
+        self.ts = ts
+        self.num_inference_steps = ts.numel() - 1
+        model_times = self.path.model_time(ts[:-1])
+        if self.path.discrete:
+            self.timesteps = model_times.to(device=device, dtype=torch.int64)
+        else:
+            self.timesteps = model_times.to(device=device, dtype=torch.float32)
+        alphas, sigmas = self.path.alpha_sigma(ts)
+        self.sigmas = (ts if self.path.kind == "flow" else sigmas / alphas).to(torch.float32)
+        plans = self.solver.plan(ts, self.path)
+        self._table = [
+            _StepTable(
+                alpha=float(alphas[i]),
+                sigma=float(sigmas[i]),
+                x_coef=float(plan.x_coef),
+                m_coefs=[float(c) for c in plan.d_coef * plan.weights],
+                noise_coef=None if plan.noise_coef is None else float(plan.noise_coef),
+            )
+            for i, plan in enumerate(plans)
+        ]
+        self._history = []
+        self._step_index = None
+        self._begin_index = None
+
+    def index_for_timestep(self, timestep: Any) -> int:
+        """Position of `timestep` in `self.timesteps` (the second match if it repeats, like diffusers)."""
+        value = timestep.item() if isinstance(timestep, torch.Tensor) else timestep
+        matches = (self.timesteps.cpu().to(torch.float64) == float(value)).nonzero().flatten()
+        if matches.numel() == 0:
+            raise ValueError(f"timestep {value} is not in this scheduler's timesteps {self.timesteps.tolist()}")
+        return int(matches[1 if matches.numel() > 1 else 0])
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: int | float | torch.Tensor,
+        sample: torch.Tensor,
+        generator: torch.Generator | None = None,
+        return_dict: bool = True,
+    ) -> SchedulerOutput | tuple:
+        """One solver step from `timestep` to the next grid point; returns prev_sample."""
+        if self.num_inference_steps is None:
+            raise RuntimeError("call set_timesteps(num_inference_steps) before step()")
+        if self._step_index is None:
+            self._step_index = self._begin_index if self._begin_index is not None else self.index_for_timestep(timestep)
+        i = self._step_index
+        if i >= len(self._table):
+            raise RuntimeError(f"step() called {i + 1} times for {len(self._table)} steps; call set_timesteps again")
+        if self.config.check_finite and not bool(torch.isfinite(model_output).all()):
+            raise FloatingPointError(
+                f"model output has NaN/inf at step {i} (timestep {float(self.timesteps[i]):g}); check the model "
+                "weights and dtype (fp16 overflow? try float32 or bfloat16)"
+            )
+        row = self._table[i]
+        work = torch.promote_types(sample.dtype, torch.float32)
+        x = sample.to(work)
+        x0 = to_x0(model_output.to(work), x, row.alpha, row.sigma, self.config.prediction_type)
+        x0 = self.solver.process_x0(x0)
+        self._history = [x0] + self._history[: self.solver.order - 1]
+        prev = x * row.x_coef
+        for coef, m in zip(row.m_coefs, self._history):
+            prev = prev.add(m, alpha=coef)
+        if row.noise_coef is not None:
+            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=work)
+            prev = prev.add(noise, alpha=row.noise_coef)
+        self._step_index = i + 1
+        prev = prev.to(model_output.dtype)
+        return SchedulerOutput(prev_sample=prev) if return_dict else (prev,)
+
+    # ------------------------------------------------------------------ forward process
+
+    def _alpha_sigma_at(self, timesteps: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        t = self.path.t_of_model_time(torch.as_tensor(timesteps).detach().cpu().to(torch.float64).flatten())
+        alpha, sigma = self.path.alpha_sigma(t)
+        shape = (-1,) + (1,) * (like.ndim - 1)
+        return (v.to(like.device, like.dtype).reshape(shape) for v in (alpha, sigma))
+
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """x_t = alpha(t) x0 + sigma(t) eps at model timesteps [B] (training, img2img)."""
+        alpha, sigma = self._alpha_sigma_at(timesteps, original_samples)
+        return alpha * original_samples + sigma * noise
+
+    def scale_noise(self, sample: torch.Tensor, timestep: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """FlowMatchEuler's forward process: (1 - t) x0 + t eps (SD3 / Flux img2img)."""
+        if noise is None:
+            raise ValueError("scale_noise needs noise")
+        return self.add_noise(sample, noise, torch.as_tensor(timestep).reshape(-1))
+
+
+# ---------------------------------------------------------------------- config translation
+
+
+def _translate_foreign_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Map another scheduler's config keys onto FewStepScheduler's (flow, shift, grid, solver, final)."""
+    class_name = str(config.get("_class_name", ""))
+    out: dict[str, Any] = {}
+    # a live scheduler's .config has no _class_name: recognise families by their keys too
+    flow_match = class_name.startswith(_FLOW_CLASS_PREFIXES) or ("base_shift" in config and "beta_schedule" not in config)
+    dpm_multistep = class_name == "DPMSolverMultistepScheduler" or ("solver_order" in config and "algorithm_type" in config)
+    if flow_match or bool(config.get("use_flow_sigmas")) or config.get("prediction_type") == "flow_prediction":
+        out["path"] = "flow"
+        out["prediction_type"] = "flow_prediction"
+        if "flow_shift" in config and not flow_match:
+            out["shift"] = float(config["flow_shift"])
+    if config.get("use_karras_sigmas"):
+        out["schedule"] = "karras"
+    elif config.get("use_lu_lambdas") or config.get("use_exponential_sigmas"):
+        out["schedule"] = "logsnr"
+    if config.get("final_sigmas_type") == "sigma_min":
+        out["final"] = "t_min"
+    if dpm_multistep and "solver" not in config:
+        order = int(config.get("solver_order", 2))
+        algorithm = config.get("algorithm_type", "dpmsolver++")
+        if algorithm == "sde-dpmsolver++" and order == 2:
+            out["solver"] = "sde_dpmpp_2m"
+        elif algorithm == "dpmsolver++":
+            out["solver"] = {1: "ddim", 2: "dpmpp_2m", 3: "dpmpp_3m"}.get(order, "dpmpp_2m")
+    return out
+
+
+def _reject_contradicting_prediction_type(config: dict, translated: dict, kwargs: dict) -> None:
+    """An explicit prediction_type must agree with the one the pipeline's config states."""
+    if "prediction_type" not in kwargs:
+        return
+    stated = translated.get("prediction_type", config.get("prediction_type"))
+    defaulted = "prediction_type" in config.get("_use_default_values", []) and "prediction_type" not in translated
+    if stated is not None and not defaulted and kwargs["prediction_type"] != stated:
+        raise ValueError(
+            f"prediction_type={kwargs['prediction_type']!r} contradicts the pipeline's scheduler config "
+            f"({stated!r}); the model was trained for {stated!r}: omit prediction_type to inherit it"
+        )
+
+
+__all__ = ["FewStepScheduler", "scheduler_solvers", "available_schedules"]
