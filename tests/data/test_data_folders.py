@@ -38,7 +38,8 @@ def test_mixed_sizes_and_modes_convert_to_one_shape(mixed_folder):
     assert torch.allclose(gray, torch.full_like(gray, _unit(128)), atol=0.02)
     assert torch.allclose(red, torch.tensor([1.0, -1.0, -1.0]).view(3, 1, 1).expand_as(red), atol=1e-6)
     assert torch.allclose(green, torch.tensor([-1.0, 1.0, -1.0]).view(3, 1, 1).expand_as(green), atol=1e-6)
-    assert torch.allclose(small, _unit(torch.tensor([10.0, 20.0, 30.0])).view(3, 1, 1).expand_as(small), atol=0.01)
+    want_small = _unit(torch.tensor([10.0, 20.0, 30.0])).view(3, 1, 1).expand_as(small)
+    assert torch.allclose(small, want_small, atol=0.01)
 
 
 def test_grayscale_output_is_mean_of_rgb(mixed_folder):

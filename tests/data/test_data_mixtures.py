@@ -3,7 +3,13 @@
 import pytest
 import torch
 
-from fewstep.data import GaussianMixtureDataset, component_labels, get_dataset, mixture_parameters, sample_mixture
+from fewstep.data import (
+    GaussianMixtureDataset,
+    component_labels,
+    get_dataset,
+    mixture_parameters,
+    sample_mixture,
+)
 from fewstep.data.mixtures import MIXTURES
 
 
