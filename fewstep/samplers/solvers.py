@@ -140,6 +140,10 @@ class Solver:
     def plan(self, ts: Tensor, path: NoisePath) -> list[StepPlan]:
         """Coefficients for every step of grid `ts` [n + 1] on `path` (float64, differentiable)."""
         ts = ts.to(torch.float64)
+        lams = path.lam(ts.detach())
+        # grid points with infinite lam (t = 0, or alpha = 0 on a flow) are fixed: no gradient
+        # flows through them (d lam / dt is infinite there), only through the interior points.
+        ts = torch.where(torch.isfinite(lams), ts, ts.detach())
         alphas, sigmas = path.alpha_sigma(ts)
         lams = path.lam(ts)
         orders = self.step_orders(lams.detach())
