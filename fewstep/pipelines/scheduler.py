@@ -159,7 +159,7 @@ class FewStepScheduler(SchedulerMixin, ConfigMixin):
         translated = _translate_foreign_config(config)
         _reject_contradicting_prediction_type(config, translated, kwargs)
         # keep only what FewStepScheduler understands: other schedulers' keys are translated above
-        merged = {k: v for k, v in {**config, **translated}.items() if k in valid or k.startswith("_")}
+        merged = {k: v for k, v in {**config, **translated}.items() if k in valid}
         return super().from_config(merged, return_unused_kwargs=return_unused_kwargs, **kwargs)
 
     # ------------------------------------------------------------------ diffusers contract
@@ -337,6 +337,11 @@ class FewStepScheduler(SchedulerMixin, ConfigMixin):
         if noise is None:
             raise ValueError("scale_noise needs noise")
         return self.add_noise(sample, noise, torch.as_tensor(timestep).reshape(-1))
+
+
+# diffusers records a custom component by its class's module; the public import path keeps
+# saved model_index.json files readable as ["fewstep", "FewStepScheduler"].
+FewStepScheduler.__module__ = "fewstep"
 
 
 # ---------------------------------------------------------------------- config translation

@@ -16,6 +16,7 @@ num_steps + 1 points when final = "t_min".
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 from typing import Callable, Literal
@@ -266,12 +267,7 @@ def get_schedule(name: str, path: NoisePath, num_steps: int | None = None, **kwa
     if num_steps is None:
         raise ValueError(f"schedule {name!r} needs num_steps")
     info = SCHEDULES[name]
-    if info.space == "sigma":
-        for key in ("shift", "mu", "shift_type", "timestep_spacing", "steps_offset"):
-            kwargs.pop(key, None)  # time shifts do not apply to log-SNR spaced grids
-    else:
-        kwargs.pop("rho", None)
-        if name != "uniform":
-            kwargs.pop("timestep_spacing", None)
-            kwargs.pop("steps_offset", None)
-    return validate_grid(info.fn(path, num_steps, **kwargs))
+    # options of other schedule families (rho, shift, spacing, ...) do not apply: drop them
+    accepted = inspect.signature(info.fn).parameters
+    options = {key: value for key, value in kwargs.items() if key in accepted}
+    return validate_grid(info.fn(path, num_steps, **options))

@@ -1,0 +1,105 @@
+"""FewStepScheduler end to end in diffusers pipelines built from tiny random components."""
+
+import pytest
+import torch
+from diffusers import (
+    AutoencoderKL, DDPMPipeline, DDPMScheduler, DiffusionPipeline, FlowMatchEulerDiscreteScheduler, FluxPipeline,
+    FluxTransformer2DModel, StableDiffusionPipeline, UNet2DConditionModel, UNet2DModel,
+)
+
+from fewstep import FewStepScheduler
+
+
+def tiny_unet() -> UNet2DModel:
+    torch.manual_seed(0)
+    return UNet2DModel(
+        sample_size=8, in_channels=3, out_channels=3, block_out_channels=(8, 16), layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4,
+    )
+
+
+@pytest.mark.parametrize("solver", ["ddim", "dpmpp_2m", "dpmpp_3m", "sde_dpmpp_2m"])
+def test_ddpm_pipeline_runs(solver):
+    scheduler = FewStepScheduler.from_config(DDPMScheduler().config, solver=solver, schedule="logsnr")
+    pipe = DDPMPipeline(unet=tiny_unet(), scheduler=scheduler)
+    images = pipe(batch_size=2, num_inference_steps=4, output_type="np", generator=torch.Generator().manual_seed(0)).images
+    assert images.shape == (2, 8, 8, 3) and bool(torch.isfinite(torch.from_numpy(images)).all())
+
+
+def test_saved_pipeline_reloads_with_fewstep_scheduler(tmp_path):
+    scheduler = FewStepScheduler.from_config(DDPMScheduler().config, solver="dpmpp_2m", schedule="karras")
+    pipe = DDPMPipeline(unet=tiny_unet(), scheduler=scheduler)
+    pipe.save_pretrained(tmp_path)
+    index = (tmp_path / "model_index.json").read_text()
+    assert '"fewstep"' in index and '"FewStepScheduler"' in index
+    reloaded = DiffusionPipeline.from_pretrained(tmp_path)
+    assert isinstance(reloaded.scheduler, FewStepScheduler) and reloaded.scheduler.config.schedule == "karras"
+    run = lambda p: p(batch_size=1, num_inference_steps=3, output_type="np", generator=torch.Generator().manual_seed(1)).images  # noqa: E731
+    assert (run(pipe) == run(reloaded)).all()
+
+
+def tiny_stable_diffusion() -> StableDiffusionPipeline:
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16), layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=8, attention_head_dim=2, norm_num_groups=4,
+    )
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, block_out_channels=(8,), down_block_types=("DownEncoderBlock2D",),
+        up_block_types=("UpDecoderBlock2D",), latent_channels=4, norm_num_groups=4, sample_size=8,
+    )
+    scheduler = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    return StableDiffusionPipeline(
+        vae=vae, unet=unet, scheduler=scheduler, text_encoder=None, tokenizer=None, safety_checker=None,
+        feature_extractor=None, image_encoder=None, requires_safety_checker=False,
+    )
+
+
+def test_stable_diffusion_pipeline_with_guidance():
+    pipe = tiny_stable_diffusion()
+    pipe.scheduler = FewStepScheduler.from_config(pipe.scheduler.config, solver="dpmpp_2m", schedule="logsnr")
+    g = torch.Generator().manual_seed(0)
+    cond, uncond = torch.randn(1, 4, 8, generator=g), torch.zeros(1, 4, 8)
+    run = lambda scale: pipe(  # noqa: E731
+        prompt_embeds=cond, negative_prompt_embeds=uncond, guidance_scale=scale, num_inference_steps=5,
+        height=8, width=8, output_type="pt", generator=torch.Generator().manual_seed(0),
+    ).images
+    guided, unguided = run(5.0), run(1.0)
+    assert guided.shape == (1, 3, 8, 8) and torch.isfinite(guided).all()
+    assert not torch.allclose(guided, unguided)  # guidance changes the result
+
+
+def tiny_flux() -> FluxPipeline:
+    torch.manual_seed(0)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 4, 8],
+    )
+    vae = AutoencoderKL(
+        sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4,), layers_per_block=1, latent_channels=1,
+        norm_num_groups=1, use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035,
+    )
+    scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_image_seq_len=4, max_image_seq_len=64)
+    return FluxPipeline(
+        scheduler=scheduler, vae=vae, transformer=transformer, text_encoder=None, tokenizer=None,
+        text_encoder_2=None, tokenizer_2=None,
+    )
+
+
+@pytest.mark.parametrize("solver", ["ddim", "dpmpp_2m"])
+def test_flux_pipeline_passes_sigmas_and_mu(solver):
+    pipe = tiny_flux()
+    g = torch.Generator().manual_seed(0)
+    embeds, pooled = torch.randn(1, 4, 32, generator=g), torch.randn(1, 32, generator=g)
+    run = lambda: pipe(  # noqa: E731
+        prompt_embeds=embeds, pooled_prompt_embeds=pooled, num_inference_steps=4, height=16, width=16,
+        guidance_scale=1.0, output_type="pt", generator=torch.Generator().manual_seed(0),
+    ).images
+    reference = run()  # FlowMatchEulerDiscreteScheduler
+    pipe.scheduler = FewStepScheduler.from_config(pipe.scheduler.config, solver=solver)
+    images = run()
+    assert images.shape == (1, 3, 16, 16) and torch.isfinite(images).all()
+    assert pipe.scheduler.num_inference_steps == 4 and float(pipe.scheduler.ts[-1]) == 0.0
+    if solver == "ddim":  # first order on a flow == FlowMatchEuler: identical images
+        assert torch.allclose(images, reference, atol=1e-4)
