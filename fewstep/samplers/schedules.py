@@ -11,7 +11,8 @@ t_min and then replace the last by the final target — diffusers' "linspace" sp
 discrete DDPM path they land on its integer timesteps exactly as diffusers does.
 Sigma-space grids (logsnr / exponential, karras) space num_steps points in log-SNR between
 the path's finite ends and append t = 0 (k-diffusion's and diffusers' convention), or space
-num_steps + 1 points when final = "t_min".
+num_steps + 1 points when final = "t_min". On a flow (lam = -inf at t = 1) the first point is
+then moved to t = 1, so sampling starts from pure noise.
 """
 
 from __future__ import annotations
@@ -188,7 +189,10 @@ def _lam_ends(path: NoisePath, t_max: float | None) -> tuple[Tensor, Tensor]:
     return path.lam(t_start), path.lam(path.t_lo_finite)
 
 
-def _finish_sigma_space(path: NoisePath, ts: Tensor, final: Final) -> Tensor:
+def _finish_sigma_space(path: NoisePath, ts: Tensor, final: Final, t_max: float | None) -> Tensor:
+    """Start at pure noise (t = 1) when the finite log-SNR end is below it (flows); append the final point."""
+    if t_max is None and path.t_hi_finite < 1.0:
+        ts = torch.cat([ts.new_ones(1), ts[1:]])
     if final == "zero":
         return torch.cat([ts, ts.new_zeros(1)])
     if final == "t_min":
@@ -205,7 +209,7 @@ def logsnr(path: NoisePath, num_steps: int, final: Final = "zero", *, t_max: flo
         lams = lam_start.reshape(1)
     else:
         lams = torch.linspace(float(lam_start), float(lam_end), count, dtype=_F64)
-    return _finish_sigma_space(path, path.t_of_lam(lams), final)
+    return _finish_sigma_space(path, path.t_of_lam(lams), final, t_max)
 
 
 def karras(
@@ -221,7 +225,7 @@ def karras(
     ramp = torch.linspace(0, 1, count, dtype=_F64) if count > 1 else torch.zeros(1, dtype=_F64)
     inv_rho = 1.0 / rho
     sigmas = (sigma_max**inv_rho + ramp * (sigma_min**inv_rho - sigma_max**inv_rho)) ** rho
-    return _finish_sigma_space(path, path.t_of_lam(-torch.log(sigmas)), final)
+    return _finish_sigma_space(path, path.t_of_lam(-torch.log(sigmas)), final, t_max)
 
 
 def explicit(path: NoisePath, ts: Tensor | list[float]) -> Tensor:
