@@ -1,0 +1,161 @@
+"""Benchmark for the sampling engine (issue 2); prints Markdown tables for docs/BENCHMARKS.md.
+
+    python scripts/bench_solvers.py                 # everything (about 5 minutes on 2 CPU cores)
+    python scripts/bench_solvers.py --part errors   # only the error-vs-NFE tables
+
+Parts:
+  errors  RMS error vs the exact ODE endpoint on the analytic 16-D mixture, every fewstep
+          solver x schedule, beside diffusers' DPMSolverMultistep, UniPC and DEIS on the same
+          model (MixtureModel, which sees the schedulers' own timesteps) and the same noise.
+  step    FewStepScheduler.step vs DPMSolverMultistepScheduler.step, same settings (ratio).
+  unet    share of sampling wall time spent outside the model for a small UNet2DModel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections import defaultdict
+
+import torch
+from diffusers import DEISMultistepScheduler, DPMSolverMultistepScheduler, UNet2DModel, UniPCMultistepScheduler
+
+from fewstep import FewStepScheduler
+from fewstep.samplers import available_solvers
+from fewstep.samplers.evaluation import benchmark_mixture, benchmark_path, exact_endpoint, rmse, solver_errors
+
+NFES = [3, 5, 8, 10, 15, 20]
+SCHEDULES = ["uniform", "logsnr", "karras", "quadratic", "flow_shift"]
+
+
+def diffusers_peers(kind: str) -> dict[str, object]:
+    """diffusers schedulers configured for the benchmark path (2nd order, their defaults otherwise)."""
+    if kind == "vp":
+        common = dict(prediction_type="epsilon")
+    else:
+        common = dict(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=1.0)
+    return {
+        "diffusers DPMSolverMultistep(2M)": DPMSolverMultistepScheduler(**common),
+        "diffusers DPMSolverMultistep(3M)": DPMSolverMultistepScheduler(solver_order=3, **common),
+        "diffusers UniPC(bh2, order 2)": UniPCMultistepScheduler(**common),
+        "diffusers DEIS(order 2)": DEISMultistepScheduler(**common),
+    }
+
+
+def run_scheduler(scheduler, model, x: torch.Tensor, num_steps: int) -> torch.Tensor:
+    """The standard diffusers loop."""
+    scheduler.set_timesteps(num_steps)
+    for t in scheduler.timesteps:
+        x = scheduler.step(model(x, t), t, x).prev_sample
+    return x
+
+
+def error_tables(num_samples: int) -> str:
+    out = []
+    for kind in ["vp", "flow"]:
+        rows = solver_errors(kind, available_solvers(), SCHEDULES, NFES, num_samples=num_samples)
+        table: dict[str, dict[int, float]] = defaultdict(dict)
+        for r in rows:
+            table[f"fewstep {r.solver} / {r.schedule}"][r.nfe_budget] = (r.rmse, r.nfe)
+        path = benchmark_path(kind)
+        mixture = benchmark_mixture()
+        model = mixture.model(path, "epsilon" if kind == "vp" else "flow_prediction")
+        noise = torch.randn(num_samples, mixture.dim, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        target = exact_endpoint(mixture.denoiser(path), noise)
+        model32 = lambda x, t: model(x.double(), t).float()  # noqa: E731
+        for name, scheduler in diffusers_peers(kind).items():
+            for n in NFES:
+                table[name][n] = (rmse(run_scheduler(scheduler, model32, noise.float(), n), target), n)
+        best_peer = {n: min(v[n][0] for k, v in table.items() if k.startswith("diffusers")) for n in NFES}
+        best_ours = {n: min(v[n][0] for k, v in table.items() if k.startswith("fewstep") and "sde" not in k) for n in NFES}
+        out.append(f"\n#### {kind}: RMS error vs exact ODE endpoint (actual NFE when below budget)\n")
+        out.append("| method | " + " | ".join(f"NFE {n}" for n in NFES) + " |")
+        out.append("|---|" + "---|" * len(NFES))
+        for name, cells in table.items():
+            text = " | ".join(
+                f"{cells[n][0]:.2e}" + (f" ({cells[n][1]})" if cells[n][1] != n else "") for n in NFES
+            )
+            out.append(f"| {name} | {text} |")
+        out.append("| **best fewstep ODE solver / best diffusers** | " + " | ".join(
+            f"{best_ours[n] / best_peer[n]:.2f}x" for n in NFES) + " |")
+    return "\n".join(out)
+
+
+def time_steps(scheduler, outputs: list[torch.Tensor], x: torch.Tensor, repeats: int) -> float:
+    """Seconds per step() call, model outputs precomputed (pure scheduler cost)."""
+    best = float("inf")
+    for _ in range(repeats):
+        scheduler.set_timesteps(len(outputs))
+        sample = x
+        start = time.perf_counter()
+        for output, t in zip(outputs, scheduler.timesteps):
+            sample = scheduler.step(output, t, sample).prev_sample
+        best = min(best, (time.perf_counter() - start) / len(outputs))
+    return best
+
+
+def step_cost(device: str) -> str:
+    lines = ["| latents | solver | FewStepScheduler.step (ms) | DPMSolverMultistep.step (ms) | ratio |", "|---|---|---|---|---|"]
+    for shape in [(1, 4, 64, 64), (8, 4, 64, 64), (16, 3, 32, 32)]:
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(shape, generator=g).to(device)
+        outputs = [torch.randn(shape, generator=g).to(device) for _ in range(20)]
+        for order, solver in [(2, "dpmpp_2m"), (3, "dpmpp_3m")]:
+            ref = DPMSolverMultistepScheduler(solver_order=order)
+            mine = FewStepScheduler.from_config(ref.config)
+            assert mine.config.solver == solver
+            t_ref = time_steps(ref, outputs, x, repeats=15)
+            t_mine = time_steps(mine, outputs, x, repeats=15)
+            lines.append(f"| {list(shape)} | {solver} | {t_mine * 1e3:.3f} | {t_ref * 1e3:.3f} | {t_mine / t_ref:.2f} |")
+    return "\n".join(lines)
+
+
+def unet_overhead(device: str) -> str:
+    torch.manual_seed(0)
+    unet = UNet2DModel(
+        sample_size=32, in_channels=3, out_channels=3, block_out_channels=(32, 64, 64), layers_per_block=1,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+    ).to(device).eval()
+    params = sum(p.numel() for p in unet.parameters()) / 1e6
+    lines = ["| solver | steps | total (s) | in model (s) | outside the model |", "|---|---|---|---|---|"]
+    for solver in ["dpmpp_2m", "dpmpp_3m", "sde_dpmpp_2m"]:
+        scheduler = FewStepScheduler(solver=solver)
+        x = torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(0)).to(device)
+        model_time = 0.0
+        with torch.no_grad():
+            scheduler.set_timesteps(10)
+            start = time.perf_counter()
+            for t in scheduler.timesteps:
+                t0 = time.perf_counter()
+                out = unet(x, t).sample
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                model_time += time.perf_counter() - t0
+                x = scheduler.step(out, t, x).prev_sample
+            if device == "cuda":
+                torch.cuda.synchronize()
+            total = time.perf_counter() - start
+        lines.append(f"| {solver} | 10 | {total:.3f} | {model_time:.3f} | {100 * (total - model_time) / total:.2f}% |")
+    return f"UNet2DModel {params:.2f}M parameters, batch 16 x 3 x 32 x 32, device {device}\n\n" + "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--part", choices=["errors", "step", "unet", "all"], default="all")
+    parser.add_argument("--samples", type=int, default=256)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    torch.set_grad_enabled(False)
+    if args.part in ("errors", "all"):
+        print(error_tables(args.samples))
+    if args.part in ("step", "all"):
+        print(f"\n#### Scheduler step cost ({args.device}, 20 steps, best of 15)\n")
+        print(step_cost(args.device))
+    if args.part in ("unet", "all"):
+        print("\n#### Time outside the model\n")
+        print(unet_overhead(args.device))
+
+
+if __name__ == "__main__":
+    main()
