@@ -11,6 +11,10 @@ learned coefficients run in `fewstep.samplers.sample`.
 from __future__ import annotations
 
 import inspect
+import json
+import os
+import shutil
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -22,8 +26,10 @@ from ..samplers.parameterization import check_prediction_type, to_x0
 from ..samplers.paths import DiscreteVPPath, NoisePath, RectifiedFlowPath
 from ..samplers.schedules import SCHEDULES, apply_time_shift, available_schedules, get_schedule, validate_grid
 from ..samplers.solvers import available_solvers, get_solver
+from ..samplers.spec import SamplerSpec
 
 _FLOW_CLASS_PREFIXES = ("FlowMatch",)
+_SPEC_FILE = "sampler_spec.safetensors"
 
 
 @dataclass
@@ -62,6 +68,9 @@ class FewStepScheduler(SchedulerMixin, ConfigMixin):
         timestep_spacing, steps_offset: diffusers' spacing of the "uniform" grid on DDPM models.
         rho: Karras grid exponent.
         check_finite: raise on NaN/inf model outputs (one reduction per step).
+        spec: a sampler spec file (BOSS grid, LSD coefficients, ...): its solver, grid and
+            coefficients replace `solver` / `schedule`; `num_inference_steps` must match it.
+            `save_pretrained` copies the file next to scheduler_config.json.
     """
 
     _compatibles: list[str] = []
@@ -97,7 +106,11 @@ class FewStepScheduler(SchedulerMixin, ConfigMixin):
         steps_offset: int = 0,
         rho: float = 7.0,
         check_finite: bool = True,
+        spec: str | None = None,
     ):
+        self.sampler_spec = self._load_spec(spec) if spec else None
+        if self.sampler_spec is not None:
+            solver = self.sampler_spec.solver
         if solver not in scheduler_solvers():
             known = solver in available_solvers()
             hint = " (it needs several model calls per step: use fewstep.samplers.sample)" if known else ""
@@ -108,6 +121,8 @@ class FewStepScheduler(SchedulerMixin, ConfigMixin):
         if final not in ("zero", "t_min"):
             raise ValueError(f"final must be 'zero' or 't_min', got {final!r}")
         self.path = self._build_path()
+        if self.sampler_spec is not None:
+            self.sampler_spec.check_compatible(self.path)
         if self.path.kind == "flow" and prediction_type in ("epsilon", "v_prediction"):
             raise ValueError(
                 f"prediction_type {prediction_type!r} contradicts a flow-matching model; flow models predict "
@@ -133,6 +148,41 @@ class FewStepScheduler(SchedulerMixin, ConfigMixin):
         self._begin_index: int | None = None
 
     # ------------------------------------------------------------------ configuration
+
+    @staticmethod
+    def _load_spec(spec: str) -> SamplerSpec:
+        loaded = SamplerSpec.load(spec)
+        if loaded.kind != "continuous":
+            raise ValueError(f"{spec} is a {loaded.kind!r} spec; FewStepScheduler takes continuous-time specs")
+        return loaded
+
+    def save_pretrained(self, save_directory: str | os.PathLike, push_to_hub: bool = False, **kwargs) -> None:
+        """diffusers' save_pretrained; a sampler spec is copied next to scheduler_config.json."""
+        spec = self.config.spec
+        if spec:
+            target = Path(save_directory) / _SPEC_FILE
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if Path(spec).resolve() != target.resolve():
+                shutil.copyfile(spec, target)
+            self.register_to_config(spec=_SPEC_FILE)
+        try:
+            super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
+        finally:
+            if spec:
+                self.register_to_config(spec=spec)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path=None, subfolder: str | None = None, return_unused_kwargs=False, **kwargs):
+        """diffusers' from_pretrained; a relative `spec` resolves inside the scheduler folder."""
+        folder = Path(pretrained_model_name_or_path or ".") / (subfolder or "")
+        config_file = folder / cls.config_name
+        if "spec" not in kwargs and config_file.is_file():
+            stored = json.loads(config_file.read_text()).get("spec")
+            if stored and not Path(stored).is_absolute():
+                kwargs["spec"] = str(folder / stored)
+        return super().from_pretrained(
+            pretrained_model_name_or_path, subfolder=subfolder, return_unused_kwargs=return_unused_kwargs, **kwargs
+        )
 
     def _build_path(self) -> NoisePath:
         cfg = self.config
@@ -208,13 +258,25 @@ class FewStepScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError("pass either timesteps or sigmas, not both")
         if self.path.kind == "flow" and self.config.use_dynamic_shifting and mu is None and timesteps is None:
             raise ValueError("this flow scheduler uses dynamic shifting: pass mu=... (the pipeline computes it from the image size)")
-        if timesteps is not None:
+        coeffs = None
+        if self.sampler_spec is not None:
+            ts, coeffs = self._grid_from_spec(num_inference_steps, timesteps, sigmas)
+        elif timesteps is not None:
             ts = self._grid_from_timesteps(timesteps)
         elif sigmas is not None:
             ts = self._grid_from_sigmas(sigmas, mu)
         else:
             ts = self._grid_from_schedule(num_inference_steps, mu)
-        self._install_grid(validate_grid(ts), device)
+        self._install_grid(validate_grid(ts), device, coeffs)
+
+    def _grid_from_spec(self, num_inference_steps, timesteps, sigmas) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The spec's grid; a step count implied by the pipeline must match the spec's."""
+        requested = num_inference_steps
+        for given in (timesteps, sigmas):
+            if given is not None:
+                requested = len(given)
+        self.sampler_spec.check_compatible(self.path, requested)
+        return self.sampler_spec.ts, self.sampler_spec.coeffs
 
     def _final_point(self) -> float:
         return 0.0 if self.config.final == "zero" else self.path.t_min
@@ -248,7 +310,7 @@ class FewStepScheduler(SchedulerMixin, ConfigMixin):
             ts = torch.cat([ts, torch.tensor([self._final_point()], dtype=torch.float64)])
         return ts
 
-    def _install_grid(self, ts: torch.Tensor, device) -> None:
+    def _install_grid(self, ts: torch.Tensor, device, coeffs: torch.Tensor | None = None) -> None:
         """Store the grid and precompute every step's coefficients as Python floats."""
         self.ts = ts
         self.num_inference_steps = ts.numel() - 1
@@ -265,7 +327,7 @@ class FewStepScheduler(SchedulerMixin, ConfigMixin):
                 alpha=float(alphas[i]),
                 sigma=float(sigmas[i]),
                 x_coef=float(plan.x_coef),
-                m_coefs=[float(c) for c in plan.d_coef * plan.weights],
+                m_coefs=[float(c) for c in plan.d_coef * (plan.weights if coeffs is None else coeffs[i, : plan.order])],
                 noise_coef=None if plan.noise_coef is None else float(plan.noise_coef),
             )
             for i, plan in enumerate(plans)
