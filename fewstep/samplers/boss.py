@@ -24,7 +24,7 @@ from .denoiser import DenoiserLike
 from .paths import NoisePath
 from .sampling import sample
 from .schedules import validate_grid
-from .solvers import get_solver
+from .solvers import get_solver, history_lams
 
 _F64 = torch.float64
 
@@ -108,12 +108,13 @@ def dpmpp_2m_costs(path: NoisePath, grams: TrajectoryGrams) -> tuple[Tensor, Ten
     )
     delta_sq = d_mm[None, :] + d_mm[:, None] - 2 * mm  # H[h, i] = E ||m_i - m_h||^2 (symmetric)
     h_step = lam[None, :] - lam[:, None]  # [i, j]
-    h_prev = lam[None, :] - lam[:, None]  # [h, i]
+    lam_hist = history_lams(lam, path)  # the solver's placement of a history point at alpha = 0
+    h_prev = lam[None, :] - lam_hist[:, None]  # [h, i]
     r = h_prev[:, :, None] / h_step[None, :, :]
     c = b[None] / (2 * r)
     c2 = euler[None] + 2 * c * term + c**2 * delta_sq[:, :, None]
-    # steps that the solver takes at first order: into sigma = 0, or with history at lam = -inf
-    first_order = ~torch.isfinite(lam)[None, None, :] | ~torch.isfinite(lam)[:, None, None]
+    # steps that the solver takes at first order: into sigma = 0
+    first_order = ~torch.isfinite(lam)[None, None, :].expand(n1, n1, n1)
     c2 = torch.where(first_order, euler[None].expand(n1, n1, n1), c2)
     upper = torch.ones(n1, n1, dtype=torch.bool).triu(1)
     valid = upper[:, :, None] & upper[None]  # h < i < j

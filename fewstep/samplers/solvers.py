@@ -12,7 +12,9 @@ once (differentiably, in float64); learned coefficients (LSD-style) replace `w`.
 
 A step that lands on sigma = 0 (t = 0) is always first order: x' = x0_hat there
 (h = inf, and no higher-order formula has a finite limit). A step starting at alpha = 0
-(a flow at t = 1, lam = -inf) is first order too, and its x0_hat is not used as history.
+(a flow at t = 1, lam = -inf) is first order too; its x0_hat still serves as history, placed
+at the path's finite end lam(t_hi_finite) — what diffusers' flow grids do implicitly by
+starting at t = 1 - 1/N (measured: 2M at 8 NFE on the flow benchmark, 0.128 -> 0.094 RMSE).
 """
 
 from __future__ import annotations
@@ -86,6 +88,12 @@ def _multistep_weights(
     return torch.stack([one + p, -p - q, q])
 
 
+def history_lams(lams: Tensor, path: NoisePath) -> Tensor:
+    """Log-SNRs at which past x0_hat are placed: -inf (alpha = 0) moves to lam(path.t_hi_finite)."""
+    finite_end = path.lam(torch.tensor(path.t_hi_finite, dtype=torch.float64))
+    return torch.where(torch.isneginf(lams), finite_end.to(lams), lams)
+
+
 @dataclass
 class Solver:
     """A named step rule and its options; `plan(ts, path)` returns per-step coefficients."""
@@ -119,13 +127,13 @@ class Solver:
     def step_orders(self, lams: Tensor) -> list[int]:
         """Order used at each step (lower order at the start, the end and at infinite lam)."""
         n = lams.numel() - 1
-        orders, usable = [], 0
+        orders = []
         short = n < 15  # diffusers' threshold for lower_order_final
         for i in range(n):
             finite_here = bool(torch.isfinite(lams[i]))
             finite_next = bool(torch.isfinite(lams[i + 1]))
             if self.kind == "multistep":
-                order = min(self.order, usable + 1) if finite_here else 1
+                order = min(self.order, i + 1) if finite_here else 1
             else:
                 order = self.order if finite_here else 1
             lower_final = self.kind == "multistep" and self.lower_order_final and short
@@ -134,7 +142,6 @@ class Solver:
             elif i == n - 2 and lower_final:
                 order = min(order, 2)
             orders.append(order)
-            usable = usable + 1 if finite_here else 0
         return orders
 
     def plan(self, ts: Tensor, path: NoisePath) -> list[StepPlan]:
@@ -147,13 +154,15 @@ class Solver:
         alphas, sigmas = path.alpha_sigma(ts)
         lams = path.lam(ts)
         orders = self.step_orders(lams.detach())
-        build = self._multistep_step if self.kind == "multistep" else self._singlestep_step
-        return [build(i, orders[i], ts, alphas, sigmas, lams, path) for i in range(len(orders))]
+        if self.kind == "multistep":
+            lams_history = history_lams(lams, path)
+            return [self._multistep_step(i, orders[i], ts, alphas, sigmas, lams, lams_history) for i in range(len(orders))]
+        return [self._singlestep_step(i, orders[i], ts, alphas, sigmas, lams, path) for i in range(len(orders))]
 
-    def _multistep_step(self, i, order, ts, alphas, sigmas, lams, path) -> StepPlan:
+    def _multistep_step(self, i, order, ts, alphas, sigmas, lams, lams_history) -> StepPlan:
         h = lams[i + 1] - lams[i]
-        h0 = lams[i] - lams[i - 1] if order >= 2 else None
-        h1 = lams[i - 1] - lams[i - 2] if order >= 3 else None
+        h0 = lams[i] - lams_history[i - 1] if order >= 2 else None
+        h1 = lams_history[i - 1] - lams_history[i - 2] if order >= 3 else None
         weights = _multistep_weights(order, h, h0, h1, self.d2_scale)
         ratio = sigmas[i + 1] / sigmas[i]
         if self.stochastic:  # SDE-DPM-Solver++: x' = (s'/s) e^{-h} x + a'(1 - e^{-2h}) D + s' sqrt(1 - e^{-2h}) z

@@ -25,7 +25,7 @@ def observed_order(problem, solver_name: str) -> float:
     solver = get_solver(solver_name, lower_order_final=False)
     errors, nfes = [], []
     for n in STEPS:
-        out = sample(denoiser, x, get_schedule("logsnr", path, n, final="t_min"), solver)
+        out = sample(denoiser, x, get_schedule("logsnr", path, n, final="t_min", t_max=path.t_hi_finite), solver)
         errors.append(float((out.x - reference).norm(dim=1).mean()))
         nfes.append(out.nfe)
     return -math.log(errors[-1] / errors[-2]) / math.log(nfes[-1] / nfes[-2])
