@@ -15,7 +15,10 @@ from typing import Sequence
 # name -> module; a module that fails to import is reported, not hidden.
 COMMANDS: dict[str, str] = {
     "solvers": "fewstep.commands.solvers",
+    "boss": "fewstep.commands.boss",
     "fid": "fewstep.commands.fid",
+    "train": "fewstep.commands.train",
+    "lsd": "fewstep.commands.lsd",
 }
 
 

@@ -200,9 +200,13 @@ def boss_schedule(
     fine_ts: Tensor,
     step_rule: str = "euler",
     progress: bool = False,
+    num_batches: int | None = None,
     **cond: Any,
 ) -> BossResult:
-    """BOSS grid with K = num_steps steps on `fine_ts` (the teacher's fine grid, e.g. 100 uniform steps)."""
+    """BOSS grid with K = num_steps steps on `fine_ts` (the teacher's fine grid, e.g. 100 uniform steps).
+
+    `noise_batches` yields noise tensors [B, ...] or (noise, conditioning kwargs) pairs.
+    """
     if step_rule not in ("euler", "dpmpp_2m"):
         raise ValueError(f"step_rule must be 'euler' or 'dpmpp_2m', got {step_rule!r}")
     fine_ts = validate_grid(fine_ts)
@@ -213,9 +217,10 @@ def boss_schedule(
     if progress:
         from tqdm.auto import tqdm
 
-        batches = tqdm(noise_batches, desc="teacher trajectories", unit="batch")
-    for noise in batches:
-        xs, ms = teacher_trajectories(denoiser, noise, fine_ts, **cond)
+        batches = tqdm(noise_batches, desc="teacher trajectories", unit="batch", total=num_batches)
+    for batch in batches:
+        noise, batch_cond = batch if isinstance(batch, tuple) else (batch, {})
+        xs, ms = teacher_trajectories(denoiser, noise, fine_ts, **cond, **batch_cond)
         grams.add(xs, ms)
     path = denoiser.path
     n = fine_ts.numel() - 1

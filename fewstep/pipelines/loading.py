@@ -1,0 +1,67 @@
+"""Load a saved pipeline (or a bare diffusers model) as a fewstep Denoiser, for CLI tools."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from ..samplers.denoiser import Denoiser
+from ..samplers.paths import NoisePath
+
+
+@dataclass
+class LoadedTeacher:
+    """A pipeline's network wrapped as a denoiser, with what a sampler needs to know about it."""
+
+    network: nn.Module
+    denoiser: Denoiser
+    path: NoisePath
+    prediction_type: str
+    sample_shape: tuple[int, ...]
+    num_classes: int  # 0 for unconditional models
+    scheduler_config: dict
+
+    def class_labels(self, count: int, device: str | torch.device = "cpu") -> dict[str, Tensor]:
+        """Conditioning for `count` samples: classes cycled 0..C-1, or nothing if unconditional."""
+        if self.num_classes == 0:
+            return {}
+        return {"class_labels": torch.arange(count, device=device) % self.num_classes}
+
+
+def load_teacher(pipeline_dir: str | Path, device: str | torch.device = "cpu") -> LoadedTeacher:
+    """Load `pipeline_dir` (diffusers layout); its scheduler config fixes the path and prediction type."""
+    import fewstep.pipelines.class_conditional  # noqa: F401  (registers ClassConditionalPipeline)
+    from diffusers import DiffusionPipeline
+
+    from .class_conditional import null_class, sample_shape
+    from .scheduler import FewStepScheduler
+
+    folder = Path(pipeline_dir)
+    if not (folder / "model_index.json").is_file():
+        raise FileNotFoundError(
+            f"{folder} is not a saved pipeline (no model_index.json); pass a folder written by "
+            "pipeline.save_pretrained(...), e.g. assets/teachers/mnist_flow"
+        )
+    pipe = DiffusionPipeline.from_pretrained(folder).to(device)
+    network = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+    if network is None:
+        raise ValueError(f"{folder}: the pipeline has no 'unet' or 'transformer' component to sample with")
+    network.eval().requires_grad_(False)
+    scheduler = FewStepScheduler.from_config(pipe.scheduler.config)
+    prediction_type = scheduler.config.prediction_type
+    try:
+        num_classes = null_class(network)
+    except ValueError:
+        num_classes = 0
+    return LoadedTeacher(
+        network=network,
+        denoiser=Denoiser(network, scheduler.path, prediction_type),
+        path=scheduler.path,
+        prediction_type=prediction_type,
+        sample_shape=sample_shape(network),
+        num_classes=num_classes,
+        scheduler_config=dict(pipe.scheduler.config),
+    )
