@@ -1,0 +1,196 @@
+"""Learned few-step samplers: fit a solver's time grid and/or per-step weights to a many-step teacher.
+
+The continuous counterpart of LSD / LSD+ (Fu et al. 2025), in the spirit of LD3 (learned time
+steps) and S4S (learned solver coefficients): the M-step student `sample(denoiser, x_T, ts,
+solver, coeffs)` is differentiable in `ts` and `coeffs`, so both are fitted by Adam to match the
+teacher's many-step output from the same noise. Optionally the student starts from a small
+random ball around the teacher's noise (LD3's relaxation), which regularises the fit.
+
+Grid parameterisation: the interior points are placed in log-SNR between the path's finite
+ends by a softmax over M increments, so the grid stays strictly decreasing; the first point
+(t = 1) and the last (t = 0) are fixed. Weights are the analytic DPM-Solver++ weights of the
+current grid plus a learned correction that starts at zero.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+from .denoiser import DenoiserLike
+from .paths import NoisePath
+from .sampling import sample
+from .schedules import get_schedule
+from .solvers import Solver, get_solver
+from .spec import SamplerSpec
+
+
+class LearnedGrid(nn.Module):
+    """A strictly decreasing grid [M + 1] from t_start to 0 with learnable interior log-SNRs."""
+
+    def __init__(self, path: NoisePath, init_ts: Tensor, learn: bool = True):
+        super().__init__()
+        self.path = path
+        init_ts = init_ts.to(torch.float64)
+        if float(init_ts[-1]) != 0.0:
+            raise ValueError("learned grids end at t = 0 (final='zero'); build the initial grid with final='zero'")
+        self.t_start = float(init_ts[0])
+        self.lam_lo = float(path.lam(torch.tensor(path.t_hi_finite, dtype=torch.float64)))
+        # one unit of log-SNR beyond the smallest trained time, so no interior point is pinned there
+        self.lam_hi = float(path.lam(torch.tensor(path.t_lo_finite, dtype=torch.float64))) + 1.0
+        interior = path.lam(init_ts[1:-1]).clamp(self.lam_lo, self.lam_hi)
+        knots = torch.cat([torch.tensor([self.lam_lo], dtype=torch.float64), interior, torch.tensor([self.lam_hi], dtype=torch.float64)])
+        increments = knots.diff().clamp(min=1e-4)
+        self.logits = nn.Parameter(torch.log(increments), requires_grad=learn)
+
+    def forward(self) -> Tensor:
+        """The grid ts [M + 1] (differentiable in the interior points)."""
+        fractions = torch.cumsum(torch.softmax(self.logits, dim=0), dim=0)[:-1]
+        lams = self.lam_lo + fractions * (self.lam_hi - self.lam_lo)
+        start = torch.tensor([self.t_start], dtype=torch.float64)
+        return torch.cat([start, self.path.t_of_lam(lams), torch.zeros(1, dtype=torch.float64)])
+
+
+class LearnedWeights(nn.Module):
+    """Per-step weights = analytic weights of the current grid + a learned correction [M, order]."""
+
+    def __init__(self, solver: Solver, num_steps: int, learn: bool = True):
+        super().__init__()
+        self.solver = solver
+        self.delta = nn.Parameter(torch.zeros(num_steps, solver.order, dtype=torch.float64), requires_grad=learn)
+
+    def forward(self, ts: Tensor, path: NoisePath) -> Tensor:
+        """Weights [M, order] (rows padded with zeros beyond each step's order)."""
+        rows = []
+        for i, plan in enumerate(self.solver.plan(ts, path)):
+            row = torch.zeros(self.solver.order, dtype=torch.float64)
+            row = row.index_put((torch.arange(plan.order),), plan.weights + self.delta[i, : plan.order])
+            rows.append(row)
+        return torch.stack(rows)
+
+
+@dataclass
+class FitHistory:
+    """Training curve and held-out errors (RMS over coordinates) before and after fitting."""
+
+    losses: list[float] = field(default_factory=list)
+    heldout_before: float = math.nan
+    heldout_after: float = math.nan
+    seconds: float = 0.0
+    stopped_early: str = ""
+
+
+def teacher_outputs(
+    denoiser: DenoiserLike, noise: Tensor, teacher_steps: int, teacher_solver: str = "dpmpp_3m", batch_size: int = 256, **cond: Any
+) -> Tensor:
+    """The teacher's many-step samples for `noise` [N, ...] (logSNR grid, no gradient)."""
+    ts = get_schedule("logsnr", denoiser.path, teacher_steps)
+    outs = []
+    with torch.no_grad():
+        for start in range(0, noise.shape[0], batch_size):
+            sl = slice(start, start + batch_size)
+            outs.append(sample(denoiser, noise[sl], ts, teacher_solver, **{k: v[sl] for k, v in cond.items()}).x)
+    return torch.cat(outs)
+
+
+def _rms(a: Tensor, b: Tensor) -> float:
+    return float((a.double() - b.double()).pow(2).mean().sqrt())
+
+
+def fit_sampler(
+    denoiser: DenoiserLike,
+    num_steps: int,
+    noise: Tensor,
+    targets: Tensor,
+    solver: str = "dpmpp_2m",
+    learn: str = "both",
+    init_schedule: str = "logsnr",
+    iterations: int = 300,
+    batch_size: int = 64,
+    lr_grid: float = 0.05,
+    lr_weights: float = 0.01,
+    ball_radius: float = 0.0,
+    heldout: tuple[Tensor, Tensor] | None = None,
+    seed: int = 0,
+    cond: dict[str, Tensor] | None = None,
+    loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
+    progress: bool = False,
+) -> tuple[SamplerSpec, FitHistory]:
+    """Fit an M-step sampler to teacher samples `targets` from `noise` [N, ...]; returns a spec and history.
+
+    learn: "grid" (LD3-like), "weights" (S4S-like) or "both" (LSD+-like).
+    """
+    if learn not in ("grid", "weights", "both"):
+        raise ValueError(f"learn must be 'grid', 'weights' or 'both', got {learn!r}")
+    if noise.shape != targets.shape:
+        raise ValueError(f"noise {tuple(noise.shape)} and targets {tuple(targets.shape)} must have the same shape")
+    cond = cond or {}
+    path = denoiser.path
+    solver_obj = get_solver(solver, lower_order_final=True)
+    if solver_obj.stochastic or solver_obj.kind != "multistep":
+        raise ValueError("fit_sampler learns multistep ODE solvers: ddim, dpmpp_2m, dpmpp_3m, dpmpp_3m_o3")
+    grid = LearnedGrid(path, get_schedule(init_schedule, path, num_steps, final="zero"), learn=learn in ("grid", "both"))
+    weights = LearnedWeights(solver_obj, num_steps, learn=learn in ("weights", "both"))
+    groups = [{"params": [grid.logits], "lr": lr_grid}] if grid.logits.requires_grad else []
+    groups += [{"params": [weights.delta], "lr": lr_weights}] if weights.delta.requires_grad else []
+    optimizer = torch.optim.Adam(groups)
+    loss_fn = loss_fn or (lambda a, b: (a - b).pow(2).mean())
+    generator = torch.Generator().manual_seed(seed)
+    history = FitHistory()
+
+    def student(x: Tensor, c: dict[str, Tensor]) -> Tensor:
+        ts = grid()
+        return sample(denoiser, x, ts, solver_obj, coeffs=weights(ts, path), **c).x
+
+    def evaluate() -> float:
+        if heldout is None:
+            return math.nan
+        with torch.no_grad():
+            return _rms(student(heldout[0], {k: v[: heldout[0].shape[0]] for k, v in cond.items()}), heldout[1])
+
+    history.heldout_before = evaluate()
+    best_state = (grid.state_dict(), weights.state_dict())
+    start = time.perf_counter()
+    steps = range(iterations)
+    if progress:
+        from tqdm.auto import tqdm
+
+        steps = tqdm(steps, desc=f"fit {solver} ({learn}, M={num_steps})")
+    for _ in steps:
+        idx = torch.randint(0, noise.shape[0], (min(batch_size, noise.shape[0]),), generator=generator)
+        x = noise[idx]
+        if ball_radius > 0:
+            x = x + ball_radius * torch.randn(x.shape, generator=generator, dtype=x.dtype)
+        loss = loss_fn(student(x, {k: v[idx] for k, v in cond.items()}), targets[idx])
+        if not torch.isfinite(loss):
+            history.stopped_early = f"non-finite loss at iteration {len(history.losses)}; kept the last good sampler"
+            break
+        optimizer.zero_grad()
+        loss.backward()
+        grads_ok = all(p.grad is None or bool(torch.isfinite(p.grad).all()) for g in groups for p in g["params"])
+        if not grads_ok:
+            history.stopped_early = f"non-finite gradient at iteration {len(history.losses)}; kept the last good sampler"
+            break
+        best_state = ({k: v.clone() for k, v in grid.state_dict().items()}, {k: v.clone() for k, v in weights.state_dict().items()})
+        optimizer.step()
+        history.losses.append(float(loss.detach()))
+    else:
+        best_state = (grid.state_dict(), weights.state_dict())
+    grid.load_state_dict(best_state[0])
+    weights.load_state_dict(best_state[1])
+    history.seconds = time.perf_counter() - start
+    history.heldout_after = evaluate()
+    with torch.no_grad():
+        ts = grid()
+        coeffs = weights(ts, path)
+    spec = SamplerSpec.from_grid(solver, ts, path, coeffs=coeffs, provenance={
+        "method": "learned_sampler", "learn": learn, "init_schedule": init_schedule, "iterations": len(history.losses),
+        "ball_radius": ball_radius, "heldout_rmse_before": history.heldout_before,
+        "heldout_rmse_after": history.heldout_after, "fit_seconds": round(history.seconds, 2),
+    })
+    return spec, history
