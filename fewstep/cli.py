@@ -16,6 +16,7 @@ from typing import Sequence
 COMMANDS: dict[str, str] = {
     "solvers": "fewstep.commands.solvers",
     "boss": "fewstep.commands.boss",
+    "fit-sampler": "fewstep.commands.fit_sampler",
     "fid": "fewstep.commands.fid",
     "train": "fewstep.commands.train",
     "lsd": "fewstep.commands.lsd",
