@@ -1,6 +1,7 @@
 """Train the shipped MNIST feature classifier and write its reference statistics.
 
     python scripts/train_mnist_classifier.py            # writes assets/mnist_classifier, assets/mnist_stats
+    python scripts/train_mnist_classifier.py --stats-only   # recompute assets/mnist_stats only
 
 Seeded and single-threaded, so a rerun reproduces the shipped weights on the same torch build.
 Prints the training time and the held-out accuracy (500 images, 50 per digit).
@@ -20,6 +21,7 @@ from fewstep.metrics.mnist import (
     STATS_DIR,
     MnistFeatureExtractor,
     assets_dir,
+    load_mnist_classifier,
     train_mnist_classifier,
     write_reference_stats,
 )
@@ -31,6 +33,7 @@ def save_atomically(model: torch.nn.Module, out: Path) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
         model.save_pretrained(tmp, safe_serialization=True)
+        tmp.chmod(0o755)  # mkdtemp makes it owner-only
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
@@ -39,23 +42,33 @@ def save_atomically(model: torch.nn.Module, out: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=None, help="assets folder (default: the repo's assets/)")
+    parser.add_argument(
+        "--stats-only", action="store_true", help="keep the saved classifier, rewrite only the statistics"
+    )
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
     out = args.out if args.out is not None else assets_dir()
+    if args.stats_only:
+        model = load_mnist_classifier(out / CLASSIFIER_DIR)
+        print("wrote", *write_reference_stats(MnistFeatureExtractor(model), out / STATS_DIR), sep="\n  ")
+        return
     model, info = train_mnist_classifier(epochs=args.epochs, seed=args.seed, device=args.device)
     model = model.cpu()
     save_atomically(model, out / CLASSIFIER_DIR)
     written = write_reference_stats(MnistFeatureExtractor(model), out / STATS_DIR)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"parameters: {n_params:,}")
-    print(f"training time: {info['seconds']:.1f} s ({args.epochs} epochs, {args.threads} thread(s), {args.device})")
+    setup = f"{args.epochs} epochs, {args.threads} thread(s), {args.device}"
+    print(f"training time: {info['seconds']:.1f} s ({setup})")
     print(f"held-out accuracy: {info['test_accuracy'] * 100:.2f}% (500 images)")
     print("wrote", out / CLASSIFIER_DIR, *written, sep="\n  ")
 

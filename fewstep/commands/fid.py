@@ -25,7 +25,8 @@ registered feature network, KID, FID-infinity and bootstrap intervals.
   fewstep fid stats A --out FILE.npz     write A's statistics (mu, sigma + extractor, protocol, n)
 
 To score a folder literally named "stats", write ./stats.
-Under `accelerate launch -m fewstep fid ...` features are computed across processes.
+Under `accelerate launch [--multi_gpu --num_processes N] -m fewstep fid ...` features are
+computed across processes (on CPU-only machines they join over gloo).
 """
 
 
@@ -122,6 +123,12 @@ def _default_features(loaded: list) -> str:
     return names[0]
 
 
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def _default_device(dist: Any) -> str:
     import torch
 
@@ -161,11 +168,13 @@ def run(args: argparse.Namespace) -> int:
     feature_name = args.features or _default_features(loaded)
     notes = _check_stats_provenance(loaded, feature_name, None) if all(k == "stats" for k in kinds) else []
 
-    dist = Distributed()
+    dist = Distributed(cpu=True if (args.device or "").startswith("cpu") else None)
     started = time.perf_counter()
     extractor = None
     if any(kind != "stats" for kind in kinds):
         device = args.device or _default_device(dist)
+        if device.startswith("cuda") and not _cuda_available():
+            raise ValueError(f"--device {device} was asked for but CUDA is not available; use --device cpu")
         extractor = get_feature_extractor(feature_name, device=device, weights=args.weights)
         notes += _check_stats_provenance(loaded, feature_name, extractor)
 

@@ -27,12 +27,16 @@ from fewstep.metrics.stats import StatsAccumulator
 class Distributed:
     """Rank, world size and tensor gathers: accelerate's when launched with >1 process, else trivial."""
 
-    def __init__(self) -> None:
+    def __init__(self, cpu: bool | None = None) -> None:
+        """cpu: use the gloo CPU backend (default: when CUDA is absent or $ACCELERATE_USE_CPU is set)."""
         self.state = None
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             from accelerate import PartialState
 
-            self.state = PartialState()
+            if cpu is None:
+                use_cpu_env = os.environ.get("ACCELERATE_USE_CPU", "false").lower() in ("1", "true", "yes")
+                cpu = use_cpu_env or not torch.cuda.is_available()
+            self.state = PartialState(cpu=cpu)
         self.rank = self.state.process_index if self.state else 0
         self.world = self.state.num_processes if self.state else 1
 

@@ -131,22 +131,28 @@ class InceptionFeatures(nn.Module):
     feature_dim = 2048
     protocol = PROTOCOL
 
-    def __init__(self, network: nn.Module) -> None:
+    def __init__(self, network: nn.Module, channels_last: bool = True) -> None:
+        """channels_last: NHWC convolutions, ~1.4x faster on CPU; features then differ from the
+        NCHW reference by float32 round-off (~1e-5 relative), False reproduces it bit for bit."""
         super().__init__()
-        self.network = network
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.network = network.to(memory_format=self.memory_format)
 
     def forward(self, images: Tensor) -> Tensor:
         """(N, C, H, W) uint8 -> (N, 2048) float32."""
         x = preprocess(images.to(next(self.network.parameters()).device))
+        x = x.contiguous(memory_format=self.memory_format)
         for stage in _STAGES:
             x = getattr(self.network, stage)(x)
         return x.flatten(1)
 
 
-def inception_features(device: str | torch.device = "cpu", weights: str | None = None) -> InceptionFeatures:
+def inception_features(
+    device: str | torch.device = "cpu", weights: str | None = None, channels_last: bool = True
+) -> InceptionFeatures:
     """Factory for the `inception` extractor (weights: path, else env var, else torch hub cache)."""
     network = build_network(load_weights(resolve_weights(weights)))
-    return InceptionFeatures(network).to(device).eval().requires_grad_(False)
+    return InceptionFeatures(network.to(device), channels_last).eval().requires_grad_(False)
 
 
 register_feature_extractor("inception", inception_features)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -230,35 +229,18 @@ def extract_features(extractor: nn.Module, images: torch.Tensor, batch_size: int
     return torch.cat([extractor(b) for b in images.split(batch_size)]).double().cpu().numpy()
 
 
-def feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(mu [D], sigma [D, D]) in float64; sigma is the unbiased covariance, as in pytorch-fid."""
-    features = features.astype(np.float64)
-    return features.mean(axis=0), np.cov(features, rowvar=False)
-
-
-def write_stats_npz(path: str | Path, mu: np.ndarray, sigma: np.ndarray, n: int) -> Path:
-    """Atomically write {mu, sigma, extractor="mnist", protocol, n} to `path` (.npz)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".npz", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, mu=mu, sigma=sigma, extractor="mnist", protocol=PROTOCOL, n=np.int64(n))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def write_reference_stats(extractor: nn.Module, out_dir: str | Path | None = None) -> list[Path]:
-    """Write `mnist_{all,train,test}.npz` (mu, sigma of the extractor's features) into `out_dir`."""
+    """Write `mnist_{all,train,test}.npz` (float64 mu, sigma of the features + metadata) atomically."""
+    from fewstep.metrics.stats import save_stats, stats_from_features
+
     out = Path(out_dir) if out_dir is not None else assets_dir() / STATS_DIR
     written = []
     for split in ("all", "train", "test"):
-        mu, sigma = feature_stats(extract_features(extractor, mnist_uint8(split)))
-        n = len(mnist_uint8(split))
-        written.append(write_stats_npz(out / f"mnist_{split}.npz", mu, sigma, n))
+        features = extract_features(extractor, mnist_uint8(split))
+        stats = stats_from_features(features, extractor="mnist", protocol=PROTOCOL)
+        path = save_stats(out / f"mnist_{split}.npz", stats)
+        path.chmod(0o644)  # the temp file it was renamed from is owner-only
+        written.append(path)
     return written
 
 

@@ -60,7 +60,7 @@ def random_inception_state_dict() -> dict[str, Tensor]:
         if isinstance(module, nn.BatchNorm2d):
             module.momentum = None  # cumulative average over the calibration pass
     network.train()
-    images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
     with torch.no_grad():
         InceptionFeatures(network)(images)
     return {k: v.clone() for k, v in network.state_dict().items()}

@@ -98,6 +98,10 @@ def test_reference_stats_files(split, n):
     assert str(stats["extractor"]) == "mnist" and str(stats["protocol"]) == PROTOCOL
     assert int(stats["n"]) == n
     assert np.allclose(stats["sigma"], stats["sigma"].T)
+    loaded = pytest.importorskip("fewstep.metrics.stats").load_stats(
+        assets_dir() / "mnist_stats" / f"mnist_{split}.npz"
+    )
+    assert (loaded.extractor, loaded.n, loaded.feature_dim) == ("mnist", n, 128)
 
 
 def test_test_split_stats_match_recomputed_features(extractor, test_images):

@@ -141,7 +141,7 @@ class TeacherIntegral:
         with torch.enable_grad():
             w = _sub_step_weight(self.path, t_k, kappa_k, j, self.r)
             grads = torch.autograd.grad(w, (t_k, kappa_k)) if self.with_grad else None
-        self.value[k] = _add(self.value[k], float(w) * probs)
+        self.value[k] = _add(self.value[k], w.item() * probs)
         if grads is not None:
             self.d_t[k] = _add(self.d_t[k], float(grads[0]) * probs)
             self.d_kappa[k] = _add(self.d_kappa[k], float(grads[1]) * probs)
@@ -246,17 +246,17 @@ def fit_lsd(
     for it in steps:
         good = make_spec(phi, grid(), path, cfg, model_id, losses)
         loss = lsd_loss(denoiser, path, phi, grid(), cfg, generator, teacher_ts)
-        if not math.isfinite(float(loss)):
-            raise LSDFitError(f"LSD loss is {float(loss)} at iteration {it}; fitting stopped and the last good spec "
+        if not math.isfinite(loss.item()):
+            raise LSDFitError(f"LSD loss is {loss.item()} at iteration {it}; fitting stopped and the last good spec "
                               f"(iteration {it}) was kept. Lower --lr or check the model for NaN outputs", good)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         if not all(bool(torch.isfinite(p).all()) for p in params):
             raise LSDFitError(f"LSD parameters became non-finite at iteration {it}; the last good spec was kept. Lower --lr", good)
-        losses.append(float(loss))
+        losses.append(loss.item())
         if progress:
-            steps.set_postfix(loss=f"{float(loss):.4g}", refresh=False)
+            steps.set_postfix(loss=f"{loss.item():.4g}", refresh=False)
     result = make_spec(phi, grid(), path, cfg, model_id, losses)
     return LSDResult(result, losses, time.perf_counter() - start, cfg.teacher_steps + cfg.num_steps)
 

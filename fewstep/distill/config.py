@@ -1,0 +1,263 @@
+"""Training configs: nested dataclasses loaded from YAML/JSON with `section.key=value` overrides.
+
+    config = load_config("assets/configs/mixture_flow.yaml", ["optim.lr=3e-4", "max_steps=200"])
+
+Unknown keys are errors that list the valid keys; values are coerced to the field's type
+(`block_out_channels=[32,64]` or `=32,64`, `checkpoints_total_limit=null`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence, Union
+
+import yaml
+
+MODEL_TYPES = ("mlp", "unet")
+OBJECTIVES = ("flow_matching", "vp_diffusion")
+TIME_SAMPLINGS = ("uniform", "logit_normal")
+MIXED_PRECISIONS = ("no", "fp16", "bf16")
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
+TRACKERS = ("tensorboard", "none")
+
+
+@dataclass
+class ModelConfig:
+    """The network: `mlp` (2-D data, `ClassConditionalMLP`) or `unet` (images, `small_unet`)."""
+
+    type: str = "mlp"
+    num_classes: int = 8
+    dim: int = 2  # mlp
+    width: int = 256  # mlp
+    num_blocks: int = 4  # mlp
+    sample_size: int = 32  # unet
+    in_channels: int = 1  # unet
+    block_out_channels: tuple[int, ...] = (32, 64, 64)  # unet
+    layers_per_block: int = 1  # unet
+    attention: bool = False  # unet: self-attention at the lowest resolution
+
+
+@dataclass
+class DataConfig:
+    """`fewstep.data.get_dataset(name, split=split, path=path, **options)`; batch_size is per process."""
+
+    name: str = "8gaussians"
+    split: str = "train"
+    path: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    batch_size: int = 256
+    num_workers: int = 0
+
+
+@dataclass
+class ObjectiveConfig:
+    """Teacher objective: rectified-flow matching or VP diffusion, with CFG label dropout."""
+
+    name: str = "flow_matching"
+    prediction_type: str | None = None  # None: flow_prediction (flow) / epsilon (vp)
+    time_sampling: str = "uniform"  # flow: uniform | logit_normal (SD3, Esser et al. 2024)
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    cfg_dropout: float = 0.1  # probability of replacing the label by the null class
+    beta_schedule: str = "linear"  # vp
+    num_train_timesteps: int = 1000
+
+
+@dataclass
+class OptimConfig:
+    """AdamW, a diffusers LR schedule, clipping, gradient accumulation and EMA."""
+
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    lr_scheduler: str = "constant"
+    lr_warmup_steps: int = 0
+    max_grad_norm: float = 1.0  # 0 disables clipping
+    gradient_accumulation_steps: int = 1
+    ema_decay: float = 0.999  # 0 disables EMA
+    ema_warmup: bool = False  # diffusers' EMA warm-up (decay grows as 1 - (1 + step)^-2/3)
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs; written resolved to `run_dir/config.yaml`."""
+
+    run_dir: str = "runs/run"
+    seed: int = 0
+    max_steps: int = 1000
+    mixed_precision: str = "no"
+    log_with: str = "tensorboard"
+    log_every: int = 10
+    checkpoint_every: int = 500  # 0: only the final checkpoint
+    checkpoints_total_limit: int | None = 2
+    sample_every: int = 0  # 0: only the final grid
+    sample_steps: int = 32  # DPM-Solver++(2M) steps for the sample grid
+    samples_per_class: int = 8
+    sample_guidance: float = 1.0
+    eval_every: int = 0  # call eval_fn every N steps (0: never)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+    def validate(self) -> "TrainConfig":
+        """Check choices and ranges; raises ValueError naming the key and the valid values."""
+        _check_choice("model.type", self.model.type, MODEL_TYPES)
+        _check_choice("objective.name", self.objective.name, OBJECTIVES)
+        _check_choice("objective.time_sampling", self.objective.time_sampling, TIME_SAMPLINGS)
+        _check_choice("mixed_precision", self.mixed_precision, MIXED_PRECISIONS)
+        _check_choice("optim.lr_scheduler", self.optim.lr_scheduler, LR_SCHEDULERS)
+        _check_choice("log_with", self.log_with, TRACKERS)
+        positive = {
+            "max_steps": self.max_steps, "data.batch_size": self.data.batch_size, "optim.lr": self.optim.lr,
+            "optim.gradient_accumulation_steps": self.optim.gradient_accumulation_steps,
+            "model.num_classes": self.model.num_classes,
+        }
+        for key, value in positive.items():
+            if not value > 0:
+                raise ValueError(f"{key} must be > 0, got {value}")
+        if not 0 <= self.objective.cfg_dropout < 1:
+            raise ValueError(f"objective.cfg_dropout must lie in [0, 1), got {self.objective.cfg_dropout}")
+        if not 0 <= self.optim.ema_decay < 1:
+            raise ValueError(f"optim.ema_decay must lie in [0, 1) (0 disables EMA), got {self.optim.ema_decay}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (tuples as lists), the inverse of `config_from_dict`."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+def _check_choice(key: str, value: Any, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ValueError(f"{key}={value!r} is not valid; choose one of: {', '.join(choices)}")
+
+
+def _valid_keys(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def _is_section(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Convert a parsed YAML value to the annotated type `tp`, or raise a ValueError naming `key`."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(key, value, inner[0])
+    if tp is Any:
+        return value
+    if origin is tuple or tp is tuple:
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            raise ValueError(f"{key} must be a list, got {value!r}")
+        item_tp = args[0] if args else Any
+        return tuple(_coerce(key, yaml.safe_load(v) if isinstance(v, str) else v, item_tp) for v in items)
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{key} must be a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"{key} must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+            raise ValueError(f"{key} must be an integer, got {value!r}")
+        return int(value)
+    if tp is float:
+        if isinstance(value, str):
+            try:
+                return float(value)  # YAML 1.1 reads "1e-3" as a string
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if value is None or isinstance(value, (dict, list)):
+            raise ValueError(f"{key} must be a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Instantiate dataclass `cls` from a nested dict, rejecting unknown keys."""
+    if not isinstance(data, dict):
+        raise ValueError(f"config section '{prefix.rstrip('.') or '<root>'}' must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    valid = _valid_keys(cls)
+    kwargs = {}
+    for key, value in data.items():
+        if key not in valid:
+            where = f"in section '{prefix.rstrip('.')}'" if prefix else "at the top level"
+            raise ValueError(f"unknown config key '{prefix}{key}'; valid keys {where}: {', '.join(valid)}")
+        tp = hints[key]
+        kwargs[key] = _build(tp, value, f"{prefix}{key}.") if _is_section(tp) else _coerce(prefix + key, value, tp)
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict[str, Any]) -> TrainConfig:
+    """A validated `TrainConfig` from a nested dict."""
+    return _build(TrainConfig, data).validate()
+
+
+def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
+    """`["optim.lr=1e-4", "max_steps=10"]` -> nested dict of YAML-parsed values."""
+    nested: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not key=value (e.g. optim.lr=1e-4)")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = nested
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override {item!r} conflicts with another override of {part!r}")
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    return nested
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict update: `update` wins, nested mappings are merged key by key."""
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The nested dict stored in a .yaml/.yml/.json file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {str(path)!r} not found; pass a .yaml or .json file (see assets/configs/)")
+    text = path.read_text()
+    data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    return data or {}
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
+    """Defaults <- file (YAML or JSON) <- `key=value` overrides, validated."""
+    data = read_config_file(path) if path is not None else {}
+    return config_from_dict(_merge(data, parse_overrides(overrides)))
+
+
+def save_config(config: TrainConfig, path: str | Path) -> Path:
+    """Write the resolved config as YAML atomically (temp file, then rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    tmp.replace(path)
+    return path

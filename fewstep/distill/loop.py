@@ -1,0 +1,553 @@
+"""The one training loop (accelerate): every trainer in fewstep runs through `train()`.
+
+The loop owns devices and `prepare`, gradient accumulation, clipping, mixed precision, EMA
+(diffusers' `EMAModel`), LR schedules (diffusers' `get_scheduler`), tensorboard logging via
+accelerate trackers plus a progress bar, sample grids, an optional evaluation hook,
+checkpoints (`accelerator.save_state` into a temp folder renamed to
+`run_dir/checkpoints/step_XXXXXX`), exact resume and the NaN guard. Objectives only compute
+losses (`fewstep.distill.objectives`).
+
+Exact resume: data order and training noise are pure functions of (seed, step), so a resumed
+run sees the same batches and noise as an uninterrupted one; model, optimizer and EMA state
+come from the checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import shutil
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .config import DataConfig, ModelConfig, TrainConfig, save_config
+from .objectives import Objective, build_objective
+
+CHECKPOINT_PREFIX = "step_"
+STATE_FILE = "trainer_state.json"
+#: points drawn per class for the scatter plot of 2-D samples.
+POINTS_PER_CLASS = 250
+
+#: `sample_fn(class_labels [B]) -> samples [B, ...]` with the EMA weights.
+SampleFn = Callable[[Tensor], Tensor]
+#: `eval_fn(sample_fn, step) -> {metric: value}`, called on the main process (e.g. a small-N FID).
+EvalFn = Callable[[SampleFn, int], dict[str, float]]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or inf; the run stopped before the optimizer step."""
+
+
+@dataclass
+class TrainResult:
+    """What a finished run produced: per-step mean losses (from the start step on) and paths."""
+
+    run_dir: Path
+    start_step: int
+    losses: list[float] = field(default_factory=list)
+    checkpoint: Path | None = None
+    pipeline: Path | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------------------
+# Building blocks: data, model, deterministic batches and noise
+# ----------------------------------------------------------------------------------------
+
+
+def build_dataset(cfg: DataConfig) -> Dataset:
+    """`fewstep.data.get_dataset` with a clear error for missing paths."""
+    from fewstep.data import get_dataset
+
+    kwargs = dict(cfg.options)
+    if cfg.path is not None:
+        if not Path(cfg.path).exists():
+            raise FileNotFoundError(
+                f"data.path {cfg.path!r} does not exist; point data.path at an image folder "
+                "(name=folder) or a saved Hugging Face dataset (name=hf)"
+            )
+        kwargs["path"] = cfg.path
+    elif cfg.name in ("folder", "hf"):
+        raise ValueError(f"data.name={cfg.name} needs data.path=FOLDER")
+    return get_dataset(cfg.name, split=cfg.split, **kwargs)
+
+
+def build_model(cfg: ModelConfig) -> nn.Module:
+    """The network named by `model.type`, with num_classes + 1 class embeddings (null class last)."""
+    from .models import ClassConditionalMLP, small_unet
+
+    if cfg.type == "mlp":
+        return ClassConditionalMLP(dim=cfg.dim, width=cfg.width, num_blocks=cfg.num_blocks, num_class_embeds=cfg.num_classes + 1)
+    if cfg.type == "unet":
+        return small_unet(cfg.sample_size, cfg.in_channels, cfg.num_classes, cfg.block_out_channels, cfg.layers_per_block, cfg.attention)
+    raise ValueError(f"unknown model.type {cfg.type!r}; choose 'mlp' or 'unet'")
+
+
+def check_data_fits_model(dataset: Dataset, model: nn.Module, num_classes: int) -> None:
+    """Raise ValueError if item shapes or the number of classes disagree with the model config."""
+    from fewstep.pipelines.class_conditional import sample_shape
+
+    x, _ = dataset[0]
+    if tuple(x.shape) != sample_shape(model):
+        raise ValueError(
+            f"data items have shape {tuple(x.shape)} but the model makes {sample_shape(model)}; "
+            "set model.dim (mlp) or model.in_channels / model.sample_size (unet) to match"
+        )
+    classes = getattr(dataset, "classes", None)
+    if classes is not None and len(classes) > num_classes:
+        raise ValueError(f"the dataset has {len(classes)} classes but model.num_classes={num_classes}; set model.num_classes={len(classes)}")
+
+
+class StepBatchSampler(Sampler[list[int]]):
+    """Infinite, stateless batches: micro-batch m of process r is a slice of randperm(seed + epoch).
+
+    Every process draws `batch_size` items per micro-batch; an epoch is floor(N / (B * P))
+    micro-batches (the remainder is dropped). Starting at micro-batch `start` reproduces an
+    uninterrupted run exactly.
+    """
+
+    def __init__(self, num_items: int, batch_size: int, num_processes: int, rank: int, seed: int, start: int = 0) -> None:
+        self.per_epoch = num_items // (batch_size * num_processes)
+        if self.per_epoch == 0:
+            raise ValueError(
+                f"the dataset has {num_items} items, fewer than data.batch_size x processes = "
+                f"{batch_size * num_processes}; lower data.batch_size"
+            )
+        self.num_items, self.batch_size, self.num_processes, self.rank = num_items, batch_size, num_processes, rank
+        self.seed, self.start = seed, start
+
+    def __iter__(self) -> Iterator[list[int]]:
+        m, epoch, perm = self.start, -1, torch.empty(0, dtype=torch.long)
+        while True:
+            e, pos = divmod(m, self.per_epoch)
+            if e != epoch:
+                epoch, perm = e, torch.randperm(self.num_items, generator=torch.Generator().manual_seed(self.seed + e))
+            lo = (pos * self.num_processes + self.rank) * self.batch_size
+            yield perm[lo : lo + self.batch_size].tolist()
+            m += 1
+
+
+def step_generator(seed: int, step: int, micro: int, phase: str, rank: int, device: torch.device) -> torch.Generator:
+    """A generator seeded from (seed, step, micro-batch, phase, process): training noise without saved RNG state."""
+    key = hashlib.sha256(f"{seed}/{step}/{micro}/{phase}/{rank}".encode()).digest()
+    return torch.Generator(device=device).manual_seed(int.from_bytes(key[:8], "little") & (2**63 - 1))
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(b, device) for b in batch)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    return batch
+
+
+# ----------------------------------------------------------------------------------------
+# Checkpoints
+# ----------------------------------------------------------------------------------------
+
+
+def _network_signature(networks: dict[str, nn.Module]) -> dict[str, Any]:
+    """{name: {"class", "config"}} of the unwrapped networks, for checking a checkpoint matches."""
+    sig = {}
+    for name, net in networks.items():
+        config = {k: v for k, v in dict(getattr(net, "config", {})).items() if not k.startswith("_")}
+        sig[name] = {"class": type(net).__name__, "config": json.loads(json.dumps(config, default=str))}
+    return sig
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Completed checkpoints of a run, oldest first (temp folders are never listed)."""
+    folder = Path(run_dir) / "checkpoints"
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX) and (p / STATE_FILE).is_file()]
+    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
+
+
+def resolve_resume(run_dir: Path, resume: str | None) -> Path | None:
+    """The checkpoint to resume from: None, "latest" (None if the run has none) or a path."""
+    if resume is None:
+        existing = list_checkpoints(run_dir)
+        if existing:
+            raise ValueError(
+                f"{run_dir} already has checkpoints (latest {existing[-1].name}); continue it with "
+                "--resume latest, or choose a new run_dir"
+            )
+        return None
+    if resume == "latest":
+        existing = list_checkpoints(run_dir)
+        return existing[-1] if existing else None
+    path = Path(resume)
+    if not (path / STATE_FILE).is_file():
+        raise FileNotFoundError(f"{resume!r} is not a fewstep checkpoint (no {STATE_FILE}); pass a run_dir/checkpoints/step_XXXXXX folder or 'latest'")
+    return path
+
+
+def read_checkpoint_state(path: Path, networks: dict[str, nn.Module]) -> dict[str, Any]:
+    """The checkpoint's trainer state, after checking it was written for these networks."""
+    state = json.loads((path / STATE_FILE).read_text())
+    expected = _network_signature(networks)
+    if state.get("networks") != expected:
+        saved = {k: v["class"] for k, v in state.get("networks", {}).items()}
+        raise ValueError(
+            f"checkpoint {path} was written for other networks ({saved}, or a different config) than this "
+            f"config builds ({ {k: v['class'] for k, v in expected.items()} }); resume with the run's own "
+            "config (run_dir/config.yaml) or start a new run_dir"
+        )
+    return state
+
+
+def _atomic_replace_dir(tmp: Path, final: Path) -> None:
+    """Move a finished temp folder into place, replacing any previous `final`."""
+    if final.exists():
+        old = final.with_name(f".old_{final.name}")
+        shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(final)
+
+
+# ----------------------------------------------------------------------------------------
+# The trainer
+# ----------------------------------------------------------------------------------------
+
+
+class Trainer:
+    """State of one run: accelerator, objective, optimizers, schedules, EMA; `train()` drives it."""
+
+    def __init__(self, config: TrainConfig, resume: str | None = None, eval_fn: EvalFn | None = None) -> None:
+        from accelerate import Accelerator
+        from accelerate.utils import ProjectConfiguration, set_seed
+
+        self.config, self.eval_fn = config, eval_fn
+        self.run_dir = Path(config.run_dir)
+        self.accelerator = Accelerator(
+            cpu=_distributed_without_gpu(),
+            mixed_precision=config.mixed_precision,
+            log_with=None if config.log_with == "none" else config.log_with,
+            project_config=ProjectConfiguration(project_dir=str(self.run_dir), logging_dir=str(self.run_dir / "logs")),
+        )
+        set_seed(config.seed)
+        self.dataset = build_dataset(config.data)
+        model = build_model(config.model)
+        check_data_fits_model(self.dataset, model, config.model.num_classes)
+        self.objective: Objective = build_objective(config.objective, model)
+        self.resume_from = resolve_resume(self.run_dir, resume)
+        self.resume_state = read_checkpoint_state(self.resume_from, self.objective.networks) if self.resume_from else None
+        self._build_optimization()
+        self.start_step = 0
+        self.last_checkpoint: Path | None = self.resume_from
+
+    # -- set-up ------------------------------------------------------------------------
+
+    def _build_optimization(self) -> None:
+        """Optimizers and LR schedules per phase, `prepare`, and the EMA of the exported network."""
+        from diffusers.optimization import get_scheduler
+        from diffusers.training_utils import EMAModel
+
+        cfg = self.config.optim
+        self.optimizers = [
+            torch.optim.AdamW(self.objective.param_groups(phase), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                              eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
+            for phase in self.objective.phases
+        ]
+        # LR schedules are stepped once per optimizer step here (not prepared: accelerate would
+        # step them once per process).
+        self.lr_schedulers = [
+            get_scheduler(cfg.lr_scheduler, opt, num_warmup_steps=cfg.lr_warmup_steps, num_training_steps=self.config.max_steps)
+            for opt in self.optimizers
+        ]
+        names = list(self.objective.networks)
+        prepared = self.accelerator.prepare(*self.objective.networks.values(), *self.optimizers)
+        prepared = prepared if isinstance(prepared, tuple) else (prepared,)
+        self.objective.networks = dict(zip(names, prepared[: len(names)]))
+        self.optimizers = list(prepared[len(names):])
+        net = self.ema_target()
+        self.ema = None
+        if cfg.ema_decay > 0:
+            self.ema = EMAModel(net.parameters(), decay=cfg.ema_decay, use_ema_warmup=cfg.ema_warmup,
+                                model_cls=type(net), model_config=net.config)
+            self.ema.to(self.accelerator.device)
+
+    def ema_target(self) -> nn.Module:
+        """The unwrapped network that is averaged, sampled and exported."""
+        return self.accelerator.unwrap_model(self.objective.networks[self.objective.ema_network])
+
+    def _unwrapped_networks(self) -> dict[str, nn.Module]:
+        return {k: self.accelerator.unwrap_model(v) for k, v in self.objective.networks.items()}
+
+    def _restore(self) -> None:
+        """Load model / optimizer state, EMA and the step counter from `resume_from`."""
+        from diffusers.training_utils import EMAModel
+
+        assert self.resume_from is not None and self.resume_state is not None
+        self.accelerator.load_state(str(self.resume_from))
+        if self.ema is not None:
+            if not (self.resume_from / "ema").is_dir():
+                raise ValueError(f"checkpoint {self.resume_from} has no EMA weights; resume with optim.ema_decay=0")
+            loaded = EMAModel.from_pretrained(str(self.resume_from / "ema"), model_cls=type(self.ema_target()))
+            self.ema.load_state_dict(loaded.state_dict())
+            self.ema.to(self.accelerator.device)
+        self.start_step = int(self.resume_state["step"])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "lr_scheduler.step() before optimizer.step()"
+            for scheduler in self.lr_schedulers:
+                for _ in range(self.start_step):
+                    scheduler.step()
+
+    # -- checkpoints, samples, export --------------------------------------------------
+
+    def save_checkpoint(self, step: int) -> Path:
+        """`save_state` + EMA + trainer_state.json into a temp folder, renamed when complete."""
+        acc = self.accelerator
+        folder = self.run_dir / "checkpoints"
+        final, tmp = folder / f"{CHECKPOINT_PREFIX}{step:06d}", folder / f".tmp_{CHECKPOINT_PREFIX}{step:06d}"
+        if acc.is_main_process:
+            folder.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp))
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            if self.ema is not None:
+                self.ema.save_pretrained(str(tmp / "ema"))
+            state = {"step": step, "objective": self.config.objective.name, "networks": _network_signature(self._unwrapped_networks())}
+            (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
+            _atomic_replace_dir(tmp, final)
+            self._prune_checkpoints()
+        acc.wait_for_everyone()
+        self.last_checkpoint = final
+        return final
+
+    def _prune_checkpoints(self) -> None:
+        limit = self.config.checkpoints_total_limit
+        if limit is not None and limit > 0:
+            for old in list_checkpoints(self.run_dir)[:-limit]:
+                shutil.rmtree(old, ignore_errors=True)
+
+    @contextlib.contextmanager
+    def ema_weights(self) -> Iterator[nn.Module]:
+        """The EMA network's weights swapped in temporarily (the raw weights without EMA)."""
+        net = self.ema_target()
+        if self.ema is None:
+            yield net
+            return
+        self.ema.store(net.parameters())
+        self.ema.copy_to(net.parameters())
+        try:
+            yield net
+        finally:
+            self.ema.restore(net.parameters())
+
+    def sample_fn(self, net: nn.Module) -> SampleFn:
+        """`class_labels -> samples` with the configured solver steps and guidance (seeded, deterministic)."""
+        cfg = self.config
+
+        def fn(class_labels: Tensor) -> Tensor:
+            generator = torch.Generator(device=self.accelerator.device).manual_seed(cfg.seed)
+            was_training = net.training
+            net.eval()
+            try:
+                return self.objective.sample(net, class_labels.to(self.accelerator.device), generator, cfg.sample_steps, cfg.sample_guidance)
+            finally:
+                net.train(was_training)
+
+        return fn
+
+    def write_sample_grid(self, step: int) -> Path:
+        """PNG of EMA samples: an image grid (one row per class) or a scatter plot of 2-D points."""
+        from fewstep.pipelines.class_conditional import sample_shape
+
+        from .plots import save_samples_png
+
+        images = len(sample_shape(self.ema_target())) == 3
+        per_class = self.config.samples_per_class if images else POINTS_PER_CLASS
+        labels = torch.arange(self.config.model.num_classes).repeat_interleave(per_class)
+        with self.ema_weights() as net:
+            samples = self.sample_fn(net)(labels).float().cpu()
+        return save_samples_png(samples, labels, self.run_dir / "samples" / f"{CHECKPOINT_PREFIX}{step:06d}.png", per_class)
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        """Run `eval_fn` on the EMA weights (main process)."""
+        assert self.eval_fn is not None
+        with self.ema_weights() as net:
+            return {k: float(v) for k, v in self.eval_fn(self.sample_fn(net), step).items()}
+
+    def export_pipeline(self) -> Path:
+        """Save the EMA network + the objective's scheduler as a `ClassConditionalPipeline` in run_dir/pipeline."""
+        from fewstep.pipelines.class_conditional import ClassConditionalPipeline
+
+        final, tmp = self.run_dir / "pipeline", self.run_dir / ".tmp_pipeline"
+        shutil.rmtree(tmp, ignore_errors=True)
+        with self.ema_weights() as net:
+            ClassConditionalPipeline(unet=net, scheduler=self.objective.scheduler()).save_pretrained(str(tmp))
+        _atomic_replace_dir(tmp, final)
+        return final
+
+    # -- one optimisation step ---------------------------------------------------------
+
+    def _phase_step(self, phase: str, optimizer: Any, scheduler: Any, step: int, batches: Iterator[Any]) -> dict[str, float]:
+        """Accumulate `gradient_accumulation_steps` micro-batches, clip, step; returns mean logged values."""
+        acc, cfg = self.accelerator, self.config
+        accum = cfg.optim.gradient_accumulation_steps
+        totals: dict[str, float] = {}
+        for micro in range(accum):
+            batch = _to_device(next(batches), acc.device)
+            generator = step_generator(cfg.seed, step, micro, phase, acc.process_index, acc.device)
+            with contextlib.ExitStack() as stack:
+                if micro < accum - 1:  # no gradient all-reduce until the last micro-batch
+                    for net in self.objective.networks.values():
+                        stack.enter_context(acc.no_sync(net))
+                with acc.autocast():
+                    losses = self.objective.loss(batch, step, generator, phase)
+                values = {k: acc.reduce(v.detach().float(), reduction="mean").item() for k, v in losses.items()}
+                self._check_finite(values["loss"], step, phase)
+                acc.backward(losses["loss"] / accum)
+            for k, v in values.items():
+                totals[k] = totals.get(k, 0.0) + v / accum
+        if cfg.optim.max_grad_norm > 0:
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            totals["grad_norm"] = float(acc.clip_grad_norm_(params, cfg.optim.max_grad_norm))
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        return totals
+
+    def _check_finite(self, loss: float, step: int, phase: str) -> None:
+        """Stop every process on a NaN/inf loss, before the optimizer step, naming the checkpoint that is intact."""
+        if math.isfinite(loss):
+            return
+        last = str(self.last_checkpoint) if self.last_checkpoint else "none yet"
+        raise NonFiniteLossError(
+            f"loss is {loss} at step {step} (phase {phase!r}); the run stopped before updating the weights. "
+            f"Last good checkpoint: {last} (intact). Lower optim.lr, keep optim.max_grad_norm > 0 or use "
+            "mixed_precision=no, then continue with --resume latest"
+        )
+
+    def train_step(self, step: int, batches: Iterator[Any]) -> dict[str, float]:
+        """One optimizer step per phase, then the EMA update; returns logged scalars."""
+        logs: dict[str, float] = {}
+        for phase, optimizer, scheduler in zip(self.objective.phases, self.optimizers, self.lr_schedulers):
+            values = self._phase_step(phase, optimizer, scheduler, step, batches)
+            prefix = "" if len(self.objective.phases) == 1 else f"{phase}/"
+            logs.update({prefix + k: v for k, v in values.items()})
+            logs[f"{prefix}lr"] = scheduler.get_last_lr()[0]
+        if self.ema is not None:
+            self.ema.step(self.ema_target().parameters())
+        return logs
+
+    # -- the loop ----------------------------------------------------------------------
+
+    def _batches(self) -> Iterator[Any]:
+        cfg, acc = self.config, self.accelerator
+        start = self.start_step * cfg.optim.gradient_accumulation_steps * len(self.objective.phases)
+        sampler = StepBatchSampler(len(self.dataset), cfg.data.batch_size, acc.num_processes, acc.process_index, cfg.seed, start)
+        return iter(DataLoader(self.dataset, batch_sampler=sampler, num_workers=cfg.data.num_workers))
+
+    def _init_run(self) -> None:
+        """Restore, write the resolved config and start the trackers."""
+        if self.resume_from is not None:
+            self._restore()
+        if self.accelerator.is_main_process:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(self.config, self.run_dir / "config.yaml")
+        if self.config.log_with != "none":
+            self.accelerator.init_trackers("train", config=_flat_hparams(self.config.to_dict()))
+
+    def _periodic(self, step: int, result: TrainResult) -> None:
+        """Checkpoint, sample grid and evaluation at their configured intervals (after `step` steps)."""
+        cfg, acc = self.config, self.accelerator
+        if cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0 and step < cfg.max_steps:
+            self.save_checkpoint(step)
+        if acc.is_main_process and cfg.sample_every > 0 and step % cfg.sample_every == 0 and step < cfg.max_steps:
+            self.write_sample_grid(step)
+        if acc.is_main_process and self.eval_fn is not None and cfg.eval_every > 0 and step % cfg.eval_every == 0:
+            metrics = self.evaluate(step)
+            result.metrics.update(metrics)
+            acc.log({f"eval/{k}": v for k, v in metrics.items()}, step=step)
+        acc.wait_for_everyone()
+
+    def _finish(self, result: TrainResult) -> None:
+        """Final checkpoint, sample grid, evaluation and pipeline export."""
+        cfg, acc = self.config, self.accelerator
+        if self.start_step < cfg.max_steps:
+            result.checkpoint = self.save_checkpoint(cfg.max_steps)
+        if acc.is_main_process:
+            self.write_sample_grid(cfg.max_steps)
+            if self.eval_fn is not None and not (cfg.eval_every > 0 and cfg.max_steps % cfg.eval_every == 0):
+                result.metrics.update(self.evaluate(cfg.max_steps))
+            result.pipeline = self.export_pipeline()
+        acc.wait_for_everyone()
+
+    def train(self) -> TrainResult:
+        """Run from the start (or resumed) step to `max_steps`."""
+        from tqdm.auto import tqdm
+
+        cfg, acc = self.config, self.accelerator
+        self._init_run()
+        result = TrainResult(self.run_dir, self.start_step, checkpoint=self.last_checkpoint)
+        batches = self._batches()
+        bar = tqdm(total=cfg.max_steps, initial=self.start_step, desc="train", disable=not acc.is_main_process, dynamic_ncols=True)
+        try:
+            for step in range(self.start_step, cfg.max_steps):
+                logs = self.train_step(step, batches)
+                result.losses.append(logs.get("loss", next(iter(logs.values()))))
+                bar.update(1)
+                bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items() if "/" not in k}, refresh=False)
+                if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.max_steps:
+                    acc.log(logs, step=step + 1)
+                self._periodic(step + 1, result)
+            self._finish(result)
+        finally:
+            bar.close()
+            acc.end_training()
+        return result
+
+
+def _distributed_without_gpu() -> bool:
+    """True under a multi-process launch (torchrun / `accelerate launch --multi_gpu`) on a machine without CUDA.
+
+    accelerate only sets up its gloo MULTI_CPU mode when asked for the CPU; otherwise each
+    process would silently train alone.
+    """
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+
+
+def _flat_hparams(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flatten the config into tensorboard-compatible hparams (int / float / str / bool)."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and key != "options":
+            flat.update(_flat_hparams(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value if isinstance(value, (int, float, str, bool)) else json.dumps(value)
+    return flat
+
+
+def train(config: TrainConfig, resume: str | None = None, eval_fn: EvalFn | None = None) -> TrainResult:
+    """Train `config` (resume: None, "latest" or a checkpoint folder); see `Trainer`."""
+    return Trainer(config, resume=resume, eval_fn=eval_fn).train()
+
+
+def export_checkpoint(config: TrainConfig, checkpoint: str) -> Path:
+    """Write the EMA weights of `checkpoint` ("latest" or a folder) as run_dir/pipeline, without training."""
+    trainer = Trainer(config, resume=checkpoint)
+    if trainer.resume_from is None:
+        raise FileNotFoundError(f"{config.run_dir} has no checkpoint to export; train first or pass a checkpoint folder")
+    trainer._restore()
+    path = trainer.export_pipeline() if trainer.accelerator.is_main_process else trainer.run_dir / "pipeline"
+    trainer.accelerator.end_training()
+    return path

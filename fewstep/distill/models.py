@@ -1,0 +1,48 @@
+"""Teacher networks: a class-conditional MLP for 2-D data and a small class-conditional UNet2DModel.
+
+`ClassConditionalMLP` lives next to its pipeline (`fewstep.pipelines.class_conditional`) so
+that a saved pipeline loads with only that module imported; it is re-exported here.
+Both are diffusers `ModelMixin` / `ConfigMixin` models called as `model(x, timestep,
+class_labels=...)` and returning an output with `.sample`, so they save, load and sample the
+diffusers way. The last class index (`num_class_embeds - 1`) is the null class used for
+classifier-free guidance (Ho & Salimans 2022).
+"""
+
+from __future__ import annotations
+
+from diffusers import UNet2DModel
+
+from fewstep.pipelines.class_conditional import ClassConditionalMLP, MLPOutput
+
+__all__ = ["ClassConditionalMLP", "MLPOutput", "small_unet"]
+
+
+def small_unet(
+    sample_size: int = 32,
+    in_channels: int = 1,
+    num_classes: int = 10,
+    block_out_channels: tuple[int, ...] = (32, 64, 64),
+    layers_per_block: int = 1,
+    attention: bool = False,
+) -> UNet2DModel:
+    """A CPU-sized class-conditional `UNet2DModel` with `num_class_embeds = num_classes + 1` (null class last).
+
+    With `attention`, the lowest-resolution down/up blocks get self-attention.
+    """
+    n = len(block_out_channels)
+    down = ["DownBlock2D"] * n
+    up = ["UpBlock2D"] * n
+    if attention:
+        down[-1], up[0] = "AttnDownBlock2D", "AttnUpBlock2D"
+    return UNet2DModel(
+        sample_size=sample_size,
+        in_channels=in_channels,
+        out_channels=in_channels,
+        block_out_channels=tuple(block_out_channels),
+        layers_per_block=layers_per_block,
+        down_block_types=tuple(down),
+        up_block_types=tuple(up),
+        norm_num_groups=min(8, min(block_out_channels)),
+        num_class_embeds=num_classes + 1,
+    )
+

@@ -1,0 +1,33 @@
+"""Training objectives, one file each; `build_objective(config, model)` picks one by name."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from torch import nn
+
+from .base import DenoisingObjective, Objective
+from .flow_matching import FlowMatching
+from .vp_diffusion import VPDiffusion
+
+
+def _flow(model: nn.Module, cfg: Any) -> Objective:
+    return FlowMatching(model, cfg.cfg_dropout, cfg.time_sampling, cfg.logit_mean, cfg.logit_std,
+                        cfg.num_train_timesteps, cfg.prediction_type)
+
+
+def _vp(model: nn.Module, cfg: Any) -> Objective:
+    return VPDiffusion(model, cfg.cfg_dropout, cfg.prediction_type, cfg.beta_schedule, cfg.num_train_timesteps)
+
+
+OBJECTIVES: dict[str, Callable[[nn.Module, Any], Objective]] = {"flow_matching": _flow, "vp_diffusion": _vp}
+
+
+def build_objective(objective_config: Any, model: nn.Module) -> Objective:
+    """The objective named `objective_config.name`, training `model`."""
+    if objective_config.name not in OBJECTIVES:
+        raise ValueError(f"unknown objective {objective_config.name!r}; choose one of {', '.join(OBJECTIVES)}")
+    return OBJECTIVES[objective_config.name](model, objective_config)
+
+
+__all__ = ["DenoisingObjective", "FlowMatching", "OBJECTIVES", "Objective", "VPDiffusion", "build_objective"]

@@ -1,0 +1,165 @@
+"""The accelerate loop: losses fall, resume equals an uninterrupted run, NaN stops cleanly, bad input fails early."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from distill_helpers import single_thread, tiny_config
+from safetensors.torch import load_file
+
+from fewstep.distill.config import save_config
+from fewstep.distill.loop import NonFiniteLossError, list_checkpoints, train
+from fewstep.distill.objectives import FlowMatching
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "unet" / "diffusion_pytorch_model.safetensors"))
+
+
+@pytest.mark.parametrize("objective", [
+    ["objective.name=flow_matching"],
+    ["objective.name=flow_matching", "objective.time_sampling=logit_normal"],
+    ["objective.name=vp_diffusion", "objective.prediction_type=epsilon"],
+    ["objective.name=vp_diffusion", "objective.prediction_type=v_prediction"],
+])
+def test_short_run_lowers_the_loss(tmp_path: Path, objective: list[str]) -> None:
+    with single_thread():
+        result = train(tiny_config(tmp_path / "run", "max_steps=80", *objective))
+    first, last = sum(result.losses[:10]) / 10, sum(result.losses[-10:]) / 10
+    assert last < 0.8 * first, (first, last)
+    # the run folder has the resolved config, the sample plot, the checkpoint and the pipeline
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["objective"]["name"] == objective[0].split("=")[1]
+    assert (tmp_path / "run" / "samples" / "step_000080.png").is_file()
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["step_000080"]
+    assert (result.pipeline / "model_index.json").is_file()
+
+
+def test_resume_latest_equals_an_uninterrupted_run(tmp_path: Path) -> None:
+    """Interrupt at step 6 (after its checkpoint), resume with --resume latest: same losses and weights."""
+    overrides = ["max_steps=10", "checkpoint_every=3", "optim.gradient_accumulation_steps=2",
+                 "optim.lr_scheduler=cosine", "optim.lr_warmup_steps=2", "data.options={n: 200}"]
+
+    def interrupt(sample_fn, step: int) -> dict[str, float]:
+        if step == 6:
+            raise KeyboardInterrupt
+        return {}
+
+    with single_thread():
+        full = train(tiny_config(tmp_path / "full", *overrides))
+        with pytest.raises(KeyboardInterrupt):
+            train(tiny_config(tmp_path / "cut", *overrides, "eval_every=3"), eval_fn=interrupt)
+        assert [p.name for p in list_checkpoints(tmp_path / "cut")] == ["step_000003", "step_000006"]
+        resumed = train(tiny_config(tmp_path / "cut", *overrides), resume="latest")
+    assert resumed.start_step == 6
+    assert resumed.losses == full.losses[6:]  # exact floats, step by step
+    full_w, resumed_w = _weights(full.pipeline), _weights(resumed.pipeline)  # EMA weights
+    assert all(torch.equal(full_w[k], resumed_w[k]) for k in full_w)
+
+
+def test_nan_loss_stops_with_a_message_and_keeps_the_last_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_loss = FlowMatching.loss
+
+    def nan_from_step_7(self, batch, step, generator, phase="main"):
+        losses = real_loss(self, batch, step, generator, phase)
+        return {"loss": losses["loss"] * float("nan")} if step >= 7 else losses
+
+    monkeypatch.setattr(FlowMatching, "loss", nan_from_step_7)
+    run = tmp_path / "run"
+    with single_thread(), pytest.raises(NonFiniteLossError) as info:
+        train(tiny_config(run, "max_steps=20", "checkpoint_every=5"))
+    message = str(info.value)
+    assert "loss is nan at step 7" in message and "step_000005" in message and "--resume latest" in message
+    assert [p.name for p in list_checkpoints(run)] == ["step_000005"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_000005"]  # no temp folders
+    assert not (run / "pipeline").exists()
+    # the kept checkpoint is complete: resuming from it (without the fault) finishes the run
+    monkeypatch.setattr(FlowMatching, "loss", real_loss)
+    with single_thread():
+        assert train(tiny_config(run, "max_steps=8", "checkpoint_every=5"), resume="latest").start_step == 5
+
+
+def test_cli_reports_nan_loss_as_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    from fewstep.commands.train import run
+
+    monkeypatch.setattr(FlowMatching, "loss", lambda self, batch, step, generator, phase="main": {"loss": torch.tensor(float("nan"), requires_grad=True)})
+    config = tmp_path / "c.yaml"
+    save_config(tiny_config(tmp_path / "run", "max_steps=3"), config)
+    with single_thread():
+        code = run(argparse.Namespace(config=str(config), overrides=[], resume=None, run_dir=None))
+    assert code == 1 and "loss is nan at step 0" in capsys.readouterr().err
+
+
+def test_checkpoint_from_another_model_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    with single_thread():
+        train(tiny_config(run, "max_steps=2"))
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
+    with pytest.raises(ValueError, match="written for other networks"):
+        train(tiny_config(run, "max_steps=4", "model.width=48"), resume="latest")
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before
+
+
+def test_existing_run_needs_resume_and_bad_resume_paths_are_named(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    with single_thread():
+        train(tiny_config(run, "max_steps=1"))
+    with pytest.raises(ValueError, match="--resume latest"):
+        train(tiny_config(run, "max_steps=2"))
+    with pytest.raises(FileNotFoundError, match="not a fewstep checkpoint"):
+        train(tiny_config(run, "max_steps=2"), resume=str(tmp_path))
+
+
+def test_missing_dataset_path_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="data.path"):
+        train(tiny_config(tmp_path / "run", "data.name=folder", f"data.path={tmp_path / 'missing'}"))
+    with pytest.raises(ValueError, match="model.num_classes=8"):
+        train(tiny_config(tmp_path / "run", "model.num_classes=2"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_tensorboard_logs_are_written(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    with single_thread():
+        train(tiny_config(tmp_path / "run", "max_steps=5", "log_with=tensorboard"))
+    assert list((tmp_path / "run" / "logs").rglob("events.out.tfevents.*"))
+
+
+def test_two_process_accelerate_launch_completes(tmp_path: Path) -> None:
+    pytest.importorskip("accelerate")
+    config = tmp_path / "c.yaml"
+    save_config(tiny_config(tmp_path / "run", "max_steps=6", "checkpoint_every=3", "data.batch_size=32"), config)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "fewstep", "train", str(config)]
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("trained steps 0..6") == 2  # one line per process
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["step_000003", "step_000006"]
+    assert (tmp_path / "run" / "checkpoints" / "step_000006" / "random_states_1.pkl").is_file()  # both processes saved
+    assert (tmp_path / "run" / "pipeline" / "model_index.json").is_file()
+
+
+def test_export_only_writes_the_checkpoint_ema_as_a_pipeline(tmp_path: Path) -> None:
+    from fewstep.commands.train import run
+
+    config = tmp_path / "c.yaml"
+    save_config(tiny_config(tmp_path / "run", "max_steps=4", "checkpoint_every=2", "checkpoints_total_limit=null"), config)
+    with single_thread():
+        final = train(tiny_config(tmp_path / "run", "max_steps=4", "checkpoint_every=2", "checkpoints_total_limit=null"))
+        ema_final = _weights(final.pipeline)
+        args = argparse.Namespace(config=str(config), overrides=[], resume=str(tmp_path / "run/checkpoints/step_000002"),
+                                  run_dir=None, export_only=True)
+        assert run(args) == 0
+    ema_step2 = _weights(tmp_path / "run" / "pipeline")
+    assert ema_step2.keys() == ema_final.keys() and not all(torch.equal(ema_step2[k], ema_final[k]) for k in ema_final)
+    ckpt = load_file(str(tmp_path / "run/checkpoints/step_000002/ema/diffusion_pytorch_model.safetensors"))
+    assert all(torch.equal(ckpt[k], ema_step2[k]) for k in ckpt)
