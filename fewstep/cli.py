@@ -14,6 +14,7 @@ from typing import Sequence
 
 # name -> module; a module that fails to import is reported, not hidden.
 COMMANDS: dict[str, str] = {
+    "demo": "fewstep.commands.demo",
     "solvers": "fewstep.commands.solvers",
     "boss": "fewstep.commands.boss",
     "fit-sampler": "fewstep.commands.fit_sampler",

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 
@@ -72,19 +70,6 @@ def format_table(rows: list, path_kind: str) -> str:
     return "\n".join(lines)
 
 
-def write_atomic(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename (no half-written files)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def plot_errors(rows: list, out: Path) -> None:
     """One panel per path; per solver, the schedule with the lowest error summed over budgets."""
     import matplotlib
@@ -110,12 +95,15 @@ def plot_errors(rows: list, out: Path) -> None:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
+    from fewstep.io import write_atomic
+
     write_atomic(out, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
 
 
 def run(args) -> int:
     _validate(args)
+    from fewstep.io import write_atomic
     from fewstep.samplers.evaluation import rows_as_dicts, solver_errors
 
     all_rows = []

@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..io import write_atomic
 from .paths import NoisePath, path_from_config
 from .schedules import validate_grid
 
@@ -88,15 +88,7 @@ class SamplerSpec:
             tensors[f"extra.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
         provenance = {"created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **self.provenance}
         header = {"format": SPEC_FORMAT, "kind": self.kind, "solver": self.solver, "path": self.path, "provenance": provenance}
-        file.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=f".{file.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata={"fewstep_spec": json.dumps(header)})
-            os.replace(tmp, file)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        write_atomic(file, lambda tmp: save_file(tensors, tmp, metadata={"fewstep_spec": json.dumps(header)}))
         return file
 
     @classmethod
