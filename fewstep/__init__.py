@@ -17,6 +17,8 @@ __version__ = "0.1.0"
 # public name -> module that defines it (imported lazily).
 _LAZY: dict[str, str] = {
     "FewStepScheduler": "fewstep.pipelines.scheduler",
+    "ClassConditionalPipeline": "fewstep.pipelines.class_conditional",
+    "ClassConditionalMLP": "fewstep.pipelines.class_conditional",
     # diffusers' DiffusionPipeline.from_pretrained looks these base classes up on the
     # component's library to decide how to load a component saved from it.
     "SchedulerMixin": "diffusers",

@@ -3,19 +3,18 @@
 `FD = |mu1 - mu2|^2 + Tr(S1) + Tr(S2) - 2 Tr((S1 S2)^{1/2})`   (Dowson & Landau 1982; Heusel et al. 2017)
 
 The only hard term is `Tr((S1 S2)^{1/2})`. With any factor `S1 = F^T F` (F: r x d) the non-zero
-eigenvalues of `S1 S2` are those of the symmetric PSD matrix `F S2 F^T` (r x r), so
+eigenvalues of `S1 S2` are those of the symmetric PSD matrix `F S2 F^T` (r x r) — the symmetric
+form `S1^{1/2} S2 S1^{1/2}` up to an orthogonal change of basis — so
 
-    Tr((S1 S2)^{1/2}) = sum_i sqrt(eigvalsh(F S2 F^T)_i),
+    Tr((S1 S2)^{1/2}) = sum_i sqrt(eigvalsh(F S2 F^T)_i) = ||F1 F2^T||_* (if also S2 = F2^T F2),
 
-computed in float64 with a symmetric eigensolver: no complex arithmetic, no non-symmetric `eig`
-(torchmetrics) and no Schur-based `sqrtm` (pytorch-fid / scipy). F is
+computed in float64 with symmetric / SVD solvers: no complex arithmetic, no non-symmetric `eig`
+(torchmetrics) and no Schur-based `sqrtm` (pytorch-fid / scipy).
 
-- the Cholesky factor `L^T` when S1 is positive definite (n > d; cheapest),
-- `diag(sqrt(w)) U^T` from `eigh(S1)` otherwise: the symmetric form `S1^{1/2} S2 S1^{1/2}`
-  rotated by U, keeping only the positive eigenvalues (rank r <= n - 1),
-- the centred features `(X - mu) / sqrt(n - 1)` themselves when they are at hand and n < d
-  (low-rank path: an n x n problem; with features on both sides it is the nuclear norm of
-  `F1 F2^T`, an n1 x n2 SVD).
+- Both covariances positive definite (n > d): F = L^T from Cholesky, `eigvalsh(L^T S2 L)`.
+- Otherwise (n <= d): low-rank factors — the centred features `(X - mu) / sqrt(n - 1)` when
+  they are at hand (exact), else a pivoted Cholesky that stops at the numerical rank — and the
+  nuclear norm of `F1 F2^T`, an r1 x r2 SVD.
 
 Round-off makes eigenvalues of PSD matrices come out as tiny negatives (about -1e-16 times the
 largest); they are clipped to 0 before the square root, and the final distance is clipped at 0,
@@ -37,13 +36,24 @@ def _f64(x: np.ndarray | Tensor) -> Tensor:
 
 
 def covariance_factor(sigma: Tensor) -> Tensor:
-    """A factor F (r x d) with `F^T F = sigma`: Cholesky if positive definite, else clipped eigh."""
+    """A factor F (r x d) with `F^T F = sigma`: Cholesky if positive definite, else pivoted Cholesky.
+
+    The pivoted (rank-revealing) Cholesky (LAPACK dpstrf, Higham 1990) stops at the numerical
+    rank r (remaining pivots below d * eps * max diag), so F has only r rows; O(d^2 r).
+    """
     factor, info = torch.linalg.cholesky_ex(sigma)
     if int(info) == 0:
         return factor.T
-    eigenvalues, eigenvectors = torch.linalg.eigh(sigma)
-    keep = eigenvalues > eigenvalues.max().clamp(min=0) * sigma.shape[0] * torch.finfo(sigma.dtype).eps
-    return eigenvalues[keep].sqrt()[:, None] * eigenvectors[:, keep].T
+    from scipy.linalg.lapack import dpstrf
+
+    d = sigma.shape[0]
+    packed, pivots, rank, status = dpstrf(sigma.detach().cpu().numpy(), lower=1)
+    if status < 0:
+        raise ValueError(f"pivoted Cholesky failed (LAPACK dpstrf info={status}); is sigma symmetric PSD?")
+    lower = torch.from_numpy(np.tril(packed)[:, :rank]).to(sigma)
+    result = torch.zeros(rank, d, dtype=sigma.dtype, device=sigma.device)
+    result[:, torch.from_numpy(pivots.astype(np.int64) - 1).to(sigma.device)] = lower.T
+    return result
 
 
 def feature_factor(features: Tensor) -> Tensor:
@@ -58,20 +68,22 @@ def trace_sqrt_product(
     factor1: Tensor | None = None,
     factor2: Tensor | None = None,
 ) -> float:
-    """`Tr((S1 S2)^{1/2})` via the eigenvalues of the symmetric `F1 S2 F1^T` (see module docstring).
+    """`Tr((S1 S2)^{1/2})` in float64 (see module docstring).
 
     sigma1, sigma2: (d, d) covariances; factor1, factor2: optional (r, d) factors with
-    `F^T F = S`. With both factors the result is the nuclear norm of `F1 F2^T`.
+    `F^T F = S`. Both covariances positive definite: `sum sqrt(eigvalsh(L1^T S2 L1))`. Otherwise
+    (n <= d, or factors given) the nuclear norm of `F1 F2^T` (r1 x r2): singular values carry
+    round-off of order eps, where eigenvalues of a singular product would carry sqrt(eps).
     """
-    if factor1 is not None and factor2 is not None:
-        return float(torch.linalg.svdvals(factor1 @ factor2.T).sum())
-    if factor1 is None and factor2 is not None:  # Tr sqrt(S1 S2) = Tr sqrt(S2 S1): swap roles
-        return trace_sqrt_product(sigma2, sigma1, factor2, None)
-    if factor1 is None:
-        factor1 = covariance_factor(sigma1)
-    inner = factor1 @ sigma2 @ factor1.T
-    inner = (inner + inner.T) / 2  # exact symmetry for the symmetric solver
-    return float(torch.linalg.eigvalsh(inner).clamp(min=0).sqrt().sum())
+    if factor1 is None and factor2 is None:
+        lower1, info1 = torch.linalg.cholesky_ex(sigma1)
+        if int(info1) == 0 and int(torch.linalg.cholesky_ex(sigma2)[1]) == 0:
+            inner = lower1.T @ sigma2 @ lower1
+            inner = (inner + inner.T) / 2  # exact symmetry for the symmetric solver
+            return float(torch.linalg.eigvalsh(inner).clamp(min=0).sqrt().sum())
+    factor1 = covariance_factor(sigma1) if factor1 is None else factor1
+    factor2 = covariance_factor(sigma2) if factor2 is None else factor2
+    return float(torch.linalg.svdvals(factor1 @ factor2.T).sum())
 
 
 def frechet_distance(

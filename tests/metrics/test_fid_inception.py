@@ -118,9 +118,10 @@ def test_fid_matches_torchmetrics(tmp_path, inception_weights, offline_hub, caps
     assert ours["fid"] == pytest.approx(torchmetrics_fid, rel=1e-4)
 
     two = to_tensor(a_images[:2])
+    reference = metric.inception(two)
     exact = inception_features(weights=inception_weights, channels_last=False)  # NCHW like the reference
-    assert torch.equal(exact(two), metric.inception(two))
+    assert torch.equal(exact(two), reference)
     fast = get_feature_extractor("inception")  # default: channels_last convolutions
-    torch.testing.assert_close(fast(two), metric.inception(two), rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(fast(two), reference, rtol=1e-4, atol=1e-3)
 
     print(f"FID ours {ours['fid']!r} torchmetrics {torchmetrics_fid!r}")

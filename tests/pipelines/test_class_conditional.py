@@ -145,3 +145,19 @@ def test_shipped_2d_teacher_runs_under_fewstep_scheduler(name: str) -> None:
                              generator=torch.Generator().manual_seed(0)).images).double()
     means = torch.stack([x[labels == k].mean(0) for k in range(8)])
     assert torch.linalg.norm(means - mixture_parameters("8gaussians")["means"], dim=1).max() < 0.08
+
+
+def test_shipped_mnist_flow_teacher_draws_its_labels() -> None:
+    """Guided samples (w = 2, 20 Euler steps) of each digit are recognised by the shipped MNIST classifier."""
+    from fewstep.distill.evaluate import mnist_label_accuracy
+
+    folder = TEACHERS / "mnist_flow"
+    if not folder.is_dir():
+        pytest.skip(f"{folder} not shipped")
+    pipe = DiffusionPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    labels = torch.arange(10).repeat(2)
+    images = pipe(class_labels=labels, num_inference_steps=20, guidance_scale=2.0, output_type="pt",
+                  generator=torch.Generator().manual_seed(0)).images
+    assert images.shape == (20, 1, 32, 32)
+    assert mnist_label_accuracy(images * 2 - 1, labels) >= 0.9
