@@ -1,0 +1,125 @@
+"""Learned continuous samplers (issue 6, continuous part); prints Markdown for docs/BENCHMARKS.md.
+
+    python scripts/bench_learned.py --part mixture    # 16-D analytic mixture, VP and flow (~10 min, 2 CPU cores)
+    python scripts/bench_learned.py --part mnist      # shipped MNIST flow teacher, FID on `mnist` features
+
+Mixture: RMS error against the exact ODE endpoint on 256 held-out noises, for the best
+analytic DPM-Solver++(2M) grid, the BOSS-for-2M grid, the learned grid (LD3-like) and learned
+grid + weights (LSD+-like), beside the best of diffusers' DPMSolverMultistep / UniPC / DEIS on
+the same model and noise. Students are fitted to a 200-step DPM-Solver++(3M) teacher on 512
+training noises (300 Adam iterations, batch 64).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from fewstep.samplers import get_schedule, get_solver, sample
+from fewstep.samplers.boss import boss_schedule
+from fewstep.samplers.evaluation import benchmark_mixture, benchmark_path, exact_endpoint, rmse
+from fewstep.samplers.learned import fit_sampler, teacher_outputs
+
+NFES = [3, 4, 5, 6, 8, 10]
+
+
+def best_diffusers(kind: str, model, noise: torch.Tensor, target: torch.Tensor, nfe: int) -> tuple[str, float]:
+    import importlib
+
+    bench = importlib.import_module("bench_solvers")
+    results = {}
+    model32 = lambda x, t: model(x.double(), t).float()  # noqa: E731
+    for name, scheduler in bench.diffusers_peers(kind).items():
+        results[name] = rmse(bench.run_scheduler(scheduler, model32, noise.float(), nfe), target)
+    name = min(results, key=results.get)
+    return name.replace("diffusers ", ""), results[name]
+
+
+def mixture_part(iterations: int) -> str:
+    out = []
+    for kind in ["vp", "flow"]:
+        path, mixture = benchmark_path(kind), benchmark_mixture()
+        denoiser = mixture.denoiser(path)
+        model = mixture.model(path, "epsilon" if kind == "vp" else "flow_prediction")
+        train = torch.randn(512, mixture.dim, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        test = torch.randn(256, mixture.dim, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        targets, test_target = teacher_outputs(denoiser, train, 200), exact_endpoint(denoiser, test)
+        fine = get_schedule("uniform", path, 100)
+        rows: dict[str, dict[int, str]] = {}
+        fit_seconds = []
+        for nfe in NFES:
+            analytic = {s: rmse(sample(denoiser, test, get_schedule(s, path, nfe), "dpmpp_2m").x, test_target)
+                        for s in ["uniform", "logsnr", "quadratic", "karras"]}
+            best_schedule = min(analytic, key=analytic.get)
+            rows.setdefault("DPM-Solver++(2M), best analytic grid", {})[nfe] = f"{analytic[best_schedule]:.3f} ({best_schedule})"
+            boss = boss_schedule(denoiser, [train[:256]], nfe, fine, step_rule="dpmpp_2m")
+            rows.setdefault("DPM-Solver++(2M), BOSS-for-2M grid", {})[nfe] = f"{rmse(sample(denoiser, test, boss.ts, 'dpmpp_2m').x, test_target):.3f}"
+            for learn in ["grid", "both"]:
+                start = time.perf_counter()
+                spec, history = fit_sampler(denoiser, nfe, train, targets, learn=learn, init_schedule=best_schedule,
+                                            iterations=iterations, heldout=(test, test_target))
+                fit_seconds.append(time.perf_counter() - start)
+                label = "learned grid (LD3-like)" if learn == "grid" else "learned grid + weights (LSD+-like)"
+                rows.setdefault(label, {})[nfe] = f"{history.heldout_after:.3f}"
+            peer, peer_err = best_diffusers(kind, model, test, test_target, nfe)
+            rows.setdefault("best diffusers scheduler", {})[nfe] = f"{peer_err:.3f} ({peer.split('(')[0]})"
+            learned = float(rows["learned grid + weights (LSD+-like)"][nfe].split()[0])
+            rows.setdefault("**best diffusers / learned (grid + weights)**", {})[nfe] = f"{peer_err / learned:.2f}x"
+        out.append(f"\n#### {kind}: RMS error vs exact ODE endpoint, 256 held-out noises\n")
+        out.append("| sampler | " + " | ".join(f"NFE {n}" for n in NFES) + " |")
+        out.append("|---|" + "---|" * len(NFES))
+        out += [f"| {label} | " + " | ".join(cells[n] for n in NFES) + " |" for label, cells in rows.items()]
+        out.append(f"\nFitting time per sampler: {min(fit_seconds):.0f}-{max(fit_seconds):.0f} s ({iterations} iterations).")
+    return "\n".join(out)
+
+
+def mnist_part(iterations: int, num_images: int) -> str:
+    from fewstep.pipelines.loading import load_teacher
+    from fewstep.pipelines.scoring import MnistScorer, generate_images
+    from fewstep.metrics.mnist import assets_dir
+
+    teacher = load_teacher(assets_dir() / "teachers" / "mnist_flow")
+    scorer = MnistScorer()
+    reference_ts = get_schedule("uniform", teacher.path, 32)
+    ref_images, labels, _ = generate_images(teacher, reference_ts, "dpmpp_3m", num_images, seed=0)
+    g = torch.Generator().manual_seed(7)
+    noise = torch.randn((256, *teacher.sample_shape), generator=g)
+    cond = teacher.class_labels(256)
+    targets = teacher_outputs(teacher.denoiser, noise, 32, teacher_solver="dpmpp_3m", **cond)
+    lines = [f"\nmnist_flow teacher, no guidance, {num_images} images (FID_{num_images} on mnist features; RMS "
+             "pixel error vs the 32-step DPM-Solver++(3M) samples from the same noise)\n",
+             "| NFE | sampler | FID | accuracy | RMS vs reference | fit time |", "|---|---|---|---|---|---|"]
+    ref_scores = scorer.score(ref_images, labels)
+    lines.append(f"| 32 | DPM-Solver++(3M) reference | {ref_scores.fid:.2f} | {100 * ref_scores.accuracy:.1f}% | 0 | |")
+    for nfe in [3, 4, 6]:
+        candidates = {"DPM-Solver++(2M), uniform": (get_schedule("uniform", teacher.path, nfe), None, "")}
+        for learn in ["grid", "both"]:
+            start = time.perf_counter()
+            spec, _ = fit_sampler(teacher.denoiser, nfe, noise, targets, learn=learn, init_schedule="uniform",
+                                  iterations=iterations, batch_size=32, cond=cond)
+            candidates[f"learned {learn}"] = (spec.ts, spec.coeffs, f"{time.perf_counter() - start:.0f} s")
+        for label, (ts, coeffs, fit_time) in candidates.items():
+            images, labels, _ = generate_images(teacher, ts, "dpmpp_2m", num_images, seed=0, coeffs=coeffs)
+            scores = scorer.score(images, labels)
+            err = float((images.float() - ref_images.float()).div(127.5).pow(2).mean().sqrt())
+            lines.append(f"| {nfe} | {label} | {scores.fid:.2f} | {100 * scores.accuracy:.1f}% | {err:.3f} | {fit_time} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--part", choices=["mixture", "mnist"], default="mixture")
+    parser.add_argument("--iterations", type=int, default=300)
+    parser.add_argument("--images", type=int, default=500)
+    args = parser.parse_args()
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    print(mixture_part(args.iterations) if args.part == "mixture" else mnist_part(args.iterations, args.images))
+
+
+if __name__ == "__main__":
+    main()
