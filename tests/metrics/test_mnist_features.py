@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from fewstep.data import load_mnist
+from fewstep.metrics.features import available_feature_extractors, get_feature_extractor
+from fewstep.metrics.stats import load_stats
 from fewstep.metrics.mnist import (
     PROTOCOL,
     MnistClassifier,
@@ -98,7 +100,7 @@ def test_reference_stats_files(split, n):
     assert str(stats["extractor"]) == "mnist" and str(stats["protocol"]) == PROTOCOL
     assert int(stats["n"]) == n
     assert np.allclose(stats["sigma"], stats["sigma"].T)
-    loaded = pytest.importorskip("fewstep.metrics.stats").load_stats(
+    loaded = load_stats(
         assets_dir() / "mnist_stats" / f"mnist_{split}.npz"
     )
     assert (loaded.extractor, loaded.n, loaded.feature_dim) == ("mnist", n, 128)
@@ -112,8 +114,7 @@ def test_test_split_stats_match_recomputed_features(extractor, test_images):
 
 
 def test_registered_as_mnist_feature_extractor(test_images):
-    features = pytest.importorskip("fewstep.metrics.features")
-    extractor = features.get_feature_extractor("mnist")
+    extractor = get_feature_extractor("mnist")
     assert extractor.name == "mnist" and extractor.feature_dim == 128
-    assert "mnist" in features.available_feature_extractors()
+    assert "mnist" in available_feature_extractors()
     assert torch.equal(extractor(test_images[:8]), build_mnist_feature_extractor()(test_images[:8]))
