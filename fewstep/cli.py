@@ -16,6 +16,7 @@ from typing import Sequence
 COMMANDS: dict[str, str] = {
     "demo": "fewstep.commands.demo",
     "solvers": "fewstep.commands.solvers",
+    "sample": "fewstep.commands.sample",
     "boss": "fewstep.commands.boss",
     "fit-sampler": "fewstep.commands.fit_sampler",
     "fid": "fewstep.commands.fid",

@@ -1,0 +1,36 @@
+"""`fewstep demo` in a reduced mode and `fewstep sample` on the shipped MNIST flow teacher."""
+
+import json
+
+from pathlib import Path
+
+from PIL import Image
+
+from fewstep.cli import main
+
+TEACHER = str(Path(__file__).resolve().parents[1] / "assets" / "teachers" / "mnist_flow")
+
+
+def test_demo_reduced_mode(tmp_path, capsys):
+    out = tmp_path / "demo"
+    code = main(["demo", "--teachers", "mnist_flow", "--nfe", "2", "--n", "10", "--reference-steps", "3",
+                 "--guidance-scale", "1.0", "--out", str(out)])
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert {r["sampler"] for r in results} == {"DPM-Solver++(3M), 3 steps", "Euler, uniform", "DPM-Solver++(2M), uniform"}
+    reference = next(r for r in results if r["steps"] == 3)
+    assert reference["rms_to_reference"] == 0.0 and reference["nfe"] == 3
+    assert all(r["fid"] >= 0 and 0 <= r["accuracy"] <= 1 and r["rms_to_reference"] >= 0 for r in results)
+    assert Image.open(out / "fid_vs_nfe.png").size[0] > 100 and Image.open(out / "mnist_flow_samples.png").size[1] > 30
+    assert "mnist_flow: FID_10" in capsys.readouterr().out
+
+
+def test_sample_writes_pngs_and_refuses_a_used_folder(tmp_path, capsys):
+    out = tmp_path / "samples"
+    assert main(["sample", TEACHER, "--steps", "2", "--n", "4", "--out", str(out)]) == 0
+    names = sorted(p.name for p in out.glob("*.png"))
+    assert names == ["000000_class0.png", "000001_class1.png", "000002_class2.png", "000003_class3.png"]
+    assert Image.open(out / names[0]).size == (32, 32)
+    assert json.loads((out / "sampling.json").read_text())["nfe"] == 2
+    assert main(["sample", TEACHER, "--out", str(out)]) == 2
+    assert "is not empty" in capsys.readouterr().err
