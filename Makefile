@@ -18,7 +18,7 @@ $(BIN)/.installed: pyproject.toml
 install: $(BIN)/.installed
 
 demo: install
-	$(BIN)/fewstep solvers --plot out/solvers.png --json out/solvers.json
+	$(BIN)/fewstep demo --out out/demo
 
 test: install
 	$(BIN)/python -m pytest -n 2 tests
