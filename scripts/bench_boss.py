@@ -1,7 +1,7 @@
 """BOSS benchmark (issue 5); prints Markdown for docs/BENCHMARKS.md.
 
     python scripts/bench_boss.py --part mixture            # exact 2-D mixtures, ~3 min on 2 CPU cores
-    python scripts/bench_boss.py --part mnist              # shipped MNIST flow teacher, FID on `mnist` features
+    python scripts/bench_boss.py --part mnist              # shipped MNIST flow teacher, FID on `mnist` features (~10 min)
 
 Every grid is evaluated on the same held-out noises. On the mixtures the error is the RMS
 distance to the exact ODE endpoint (RK4 reference); the DP objective (sum of the teacher's
@@ -77,17 +77,65 @@ def mixture_part(noises: int, search_noises: int) -> str:
     return "\n".join(out)
 
 
+def mnist_part(num_images: int, search_noises: int) -> str:
+    """FID / accuracy / RMS-to-reference of BOSS and analytic grids on the shipped MNIST flow teacher."""
+    from fewstep.metrics.mnist import assets_dir
+    from fewstep.pipelines.loading import load_teacher
+    from fewstep.pipelines.scoring import MnistScorer, generate_images
+
+    teacher = load_teacher(assets_dir() / "teachers" / "mnist_flow")
+    scorer = MnistScorer()
+    path = teacher.path
+    fine_ts = get_schedule("uniform", path, 100)
+    g = torch.Generator().manual_seed(0)
+    search = [(torch.randn((search_noises, *teacher.sample_shape), generator=g), teacher.class_labels(search_noises))]
+    reference, labels, _ = generate_images(teacher, get_schedule("uniform", path, 32), "dpmpp_3m", num_images, seed=1)
+    ref_scores = scorer.score(reference, labels)
+    lines = [f"\nmnist_flow teacher (no guidance): FID_{num_images} on mnist features / accuracy / RMS pixel error "
+             f"vs the 32-step DPM-Solver++(3M) samples from the same noise (reference: FID {ref_scores.fid:.2f}, "
+             f"accuracy {100 * ref_scores.accuracy:.1f}%). Search: {search_noises} noises, 100 fine steps.\n",
+             "| grid | " + " | ".join(f"K = {k}" for k in KS) + " |", "|---|" + "---|" * len(KS)]
+    rows: dict[str, dict[int, str]] = {}
+    start = time.perf_counter()
+    teacher_trajectories(teacher.denoiser, search[0][0], fine_ts, **search[0][1])
+    teacher_pass = time.perf_counter() - start
+    search_seconds = []
+    for k in KS:
+        start = time.perf_counter()
+        euler = boss_schedule(teacher.denoiser, search, k, fine_ts, step_rule="euler")
+        two_m = boss_schedule(teacher.denoiser, search, k, fine_ts, step_rule="dpmpp_2m")
+        search_seconds.append((time.perf_counter() - start) / 2)
+        grids = {
+            "Euler, uniform": ("ddim", get_schedule("uniform", path, k), f" / {euler.uniform_objective:.3g}"),
+            "Euler, BOSS": ("ddim", euler.ts, f" / {euler.objective:.3g}"),
+            "2M, uniform": ("dpmpp_2m", get_schedule("uniform", path, k), f" / {two_m.uniform_objective:.3g}"),
+            "2M, BOSS-for-2M": ("dpmpp_2m", two_m.ts, f" / {two_m.objective:.3g}"),
+            "2M, SD3 shift 3": ("dpmpp_2m", get_schedule("flow_shift", path, k, shift=3.0), ""),
+        }
+        for label, (solver, ts, objective) in grids.items():
+            images, labels, _ = generate_images(teacher, ts, solver, num_images, seed=1)
+            scores = scorer.score(images, labels)
+            err = float((images.float() - reference.float()).div(127.5).pow(2).mean().sqrt())
+            rows.setdefault(label, {})[k] = f"{scores.fid:.2f} / {100 * scores.accuracy:.0f}% / {err:.3f}{objective}"
+    lines += [f"| {label} | " + " | ".join(cells[k] for k in KS) + " |" for label, cells in rows.items()]
+    lines.append("\nCells: FID / accuracy / RMS error to reference / DP objective (where the grid has one). Search "
+                 f"time per step rule / one 100-step teacher pass: {min(search_seconds) / teacher_pass:.1f}-"
+                 f"{max(search_seconds) / teacher_pass:.1f}x.")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--part", choices=["mixture", "mnist"], default="mixture")
     parser.add_argument("--noises", type=int, default=2000, help="held-out evaluation noises")
     parser.add_argument("--search-noises", type=int, default=200)
+    parser.add_argument("--images", type=int, default=500, help="MNIST part: images per grid")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     if args.part == "mixture":
         print(mixture_part(args.noises, args.search_noises))
     else:
-        raise SystemExit("the MNIST part needs the shipped MNIST flow teacher: see docs/BENCHMARKS.md")
+        print(mnist_part(args.images, min(args.search_noises, 100)))
 
 
 if __name__ == "__main__":

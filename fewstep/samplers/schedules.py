@@ -141,8 +141,12 @@ def uniform(
         k = k.clamp(0, path.num_train_timesteps - 1)
         return _with_final(torch.cat([(k + 1) / path.num_train_timesteps, k.new_zeros(1)]), path, final)
     ts = torch.linspace(t_max, path.t_min, num_steps + 1, dtype=_F64)
-    ts = path.snap(apply_time_shift(ts, shift, mu, shift_type))
-    return _with_final(ts, path, final)
+    return _finish_time_space(ts, path, final, shift, mu, shift_type)
+
+
+def _finish_time_space(ts: Tensor, path: NoisePath, final: Final, shift, mu, shift_type: str) -> Tensor:
+    """Shift (flows), snap to the model's timesteps (DDPM), then set the final point."""
+    return _with_final(path.snap(apply_time_shift(ts, shift, mu, shift_type)), path, final)
 
 
 def quadratic(
@@ -158,8 +162,7 @@ def quadratic(
     """Time-quadratic grid of DPM-Solver (Lu et al. 2022): sqrt(t) uniform; denser near data."""
     check_num_steps(num_steps)
     ts = torch.linspace(math.sqrt(t_max), math.sqrt(path.t_min), num_steps + 1, dtype=_F64) ** 2
-    ts = path.snap(apply_time_shift(ts, shift, mu, shift_type))
-    return _with_final(ts, path, final)
+    return _finish_time_space(ts, path, final, shift, mu, shift_type)
 
 
 def flow_shift(
@@ -175,9 +178,7 @@ def flow_shift(
     """Uniform grid pushed towards noise by the SD3 static shift (or Flux's dynamic shift `mu`)."""
     if shift is None and mu is None:
         raise ValueError("flow_shift needs `shift` (e.g. 3.0) or `mu` (dynamic shifting)")
-    check_num_steps(num_steps)
-    ts = torch.linspace(t_max, path.t_min, num_steps + 1, dtype=_F64)
-    return _with_final(apply_time_shift(ts, shift, mu, shift_type), path, final)
+    return uniform(path, num_steps, final, t_max=t_max, shift=shift, mu=mu, shift_type=shift_type)
 
 
 # ------------------------------------------------------------------- sigma-space grids
