@@ -120,10 +120,15 @@ def fit_sampler(
     cond: dict[str, Tensor] | None = None,
     loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
     progress: bool = False,
+    validation_fraction: float = 0.25,
+    validate_every: int = 20,
 ) -> tuple[SamplerSpec, FitHistory]:
     """Fit an M-step sampler to teacher samples `targets` from `noise` [N, ...]; returns a spec and history.
 
-    learn: "grid" (LD3-like), "weights" (S4S-like) or "both" (LSD+-like).
+    learn: "grid" (LD3-like), "weights" (S4S-like) or "both" (LSD+-like). A `validation_fraction`
+    of the pairs is held back; every `validate_every` iterations the sampler with the lowest
+    validation error so far is kept (the analytic starting point included), so fitting never
+    returns something worse than where it started on data it did not train on.
     """
     if learn not in ("grid", "weights", "both"):
         raise ValueError(f"learn must be 'grid', 'weights' or 'both', got {learn!r}")
@@ -154,7 +159,23 @@ def fit_sampler(
             return _rms(student(heldout[0], {k: v[: heldout[0].shape[0]] for k, v in cond.items()}), heldout[1])
 
     history.heldout_before = evaluate()
-    best_state = (grid.state_dict(), weights.state_dict())
+    num_val = int(noise.shape[0] * validation_fraction) if noise.shape[0] >= 8 else 0
+    val = slice(noise.shape[0] - num_val, noise.shape[0])
+    noise, targets, val_noise, val_targets = noise[: val.start], targets[: val.start], noise[val], targets[val]
+    val_cond, cond = {k: v[val] for k, v in cond.items()}, {k: v[: val.start] for k, v in cond.items()}
+
+    def snapshot() -> tuple[dict, dict]:
+        return ({k: v.detach().clone() for k, v in grid.state_dict().items()},
+                {k: v.detach().clone() for k, v in weights.state_dict().items()})
+
+    def validation_error() -> float:
+        if num_val == 0:
+            return -float(len(history.losses))  # no validation split: keep the latest
+        with torch.no_grad():
+            return float(loss_fn(student(val_noise, val_cond), val_targets))
+
+    best_state, best_val = snapshot(), validation_error()
+    last_good = best_state
     start = time.perf_counter()
     steps = range(iterations)
     if progress:
@@ -176,11 +197,15 @@ def fit_sampler(
         if not grads_ok:
             history.stopped_early = f"non-finite gradient at iteration {len(history.losses)}; kept the last good sampler"
             break
-        best_state = ({k: v.clone() for k, v in grid.state_dict().items()}, {k: v.clone() for k, v in weights.state_dict().items()})
+        last_good = snapshot()
         optimizer.step()
         history.losses.append(float(loss.detach()))
-    else:
-        best_state = (grid.state_dict(), weights.state_dict())
+        if len(history.losses) % validate_every == 0 or len(history.losses) == iterations:
+            error = validation_error()
+            if error == error and error <= best_val:  # not NaN, and at least as good
+                best_state, best_val = snapshot(), error
+    if history.stopped_early and num_val == 0:
+        best_state = last_good
     grid.load_state_dict(best_state[0])
     weights.load_state_dict(best_state[1])
     history.seconds = time.perf_counter() - start

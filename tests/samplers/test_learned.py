@@ -50,6 +50,22 @@ def test_nan_during_fitting_keeps_the_last_good_sampler():
         calls["n"] += 1
         return (a - b).pow(2).mean() * (float("nan") if calls["n"] == 6 else 1.0)
 
-    spec, history = fit_sampler(denoiser, 3, noise, noise * 0, iterations=20, loss_fn=flaky_loss)
+    spec, history = fit_sampler(denoiser, 3, noise, noise * 0, iterations=20, loss_fn=flaky_loss, validation_fraction=0.0)
     assert "non-finite loss at iteration 5" in history.stopped_early and len(history.losses) == 5
     assert torch.isfinite(spec.ts).all() and torch.isfinite(spec.coeffs).all()
+
+
+def test_validation_selection_never_returns_worse_than_the_start():
+    """With a learning rate far too large, the validated choice falls back to the analytic start."""
+    path = RectifiedFlowPath()
+    denoiser = MIXTURE.denoiser(path)
+    noise = torch.randn(64, 8, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    targets = teacher_outputs(denoiser, noise, 60)
+    spec, history = fit_sampler(denoiser, 4, noise, targets, learn="weights", init_schedule="uniform",
+                                iterations=20, lr_weights=50.0, validate_every=5)
+    start = get_schedule("uniform", path, 4)
+    val = slice(48, 64)
+    with torch.no_grad():
+        fitted = sample(denoiser, noise[val], spec.ts, spec.solver, coeffs=spec.coeffs).x
+        analytic = sample(denoiser, noise[val], start, "dpmpp_2m").x
+    assert (fitted - targets[val]).pow(2).mean() <= (analytic - targets[val]).pow(2).mean() + 1e-12
