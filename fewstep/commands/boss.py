@@ -40,6 +40,7 @@ def run(args) -> int:
 
 
 def _noise_batches(teacher, total: int, batch_size: int, seed: int, device: str):
+    """Seeded (noise [B, ...], {"class_labels": [B]}) batches; labels cycle over the classes."""
     import torch
 
     generator = torch.Generator().manual_seed(seed)
