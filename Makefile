@@ -21,7 +21,8 @@ demo: install
 	$(BIN)/fewstep demo --out out/demo
 
 test: install
-	$(BIN)/python -m pytest -n 2 tests
+	# one torch thread per xdist worker: 2 workers x 2 threads on 2 cores oversubscribe and run ~4x slower
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 tests
 
 clean:
 	rm -rf $(VENV) out
