@@ -28,6 +28,17 @@ def register(subparsers) -> argparse.ArgumentParser:
                           help="the solver the schedule is optimised for (default euler, as in the paper)")
     schedule.add_argument("--device", default="cpu")
     schedule.add_argument("--seed", type=int, default=0)
+    straighten = sub.add_parser(
+        "straighten", help="fine-tune a flow teacher for its BOSS grid (accelerate launch -m fewstep boss straighten ...)",
+        description="Straightening = `fewstep train CONFIG` with objective.name=boss_straighten, "
+        "model.type=pretrained, model.pretrained=PIPELINE and objective.spec=SPEC (see "
+        "assets/configs/mnist_flow_boss_straighten.yaml).",
+    )
+    straighten.add_argument("config", help="a .yaml / .json config file")
+    straighten.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+    straighten.add_argument("--resume", default=None, metavar="latest|PATH")
+    straighten.add_argument("--run-dir", default=None)
+    straighten.add_argument("--export-only", action="store_true", help="export the checkpoint given by --resume")
     parser.set_defaults(_parser=parser)
     return parser
 
@@ -36,6 +47,11 @@ def run(args) -> int:
     if getattr(args, "boss_command", None) is None:
         args._parser.print_help()
         return 2
+    if args.boss_command == "straighten":
+        from fewstep.commands import train
+
+        args.overrides = ["objective.name=boss_straighten", *args.overrides]
+        return train.run(args)
     return schedule_command(args)
 
 

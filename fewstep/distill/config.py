@@ -18,8 +18,8 @@ from typing import Any, Sequence, Union
 
 import yaml
 
-MODEL_TYPES = ("mlp", "unet")
-OBJECTIVES = ("flow_matching", "vp_diffusion")
+MODEL_TYPES = ("mlp", "unet", "pretrained")
+OBJECTIVES = ("flow_matching", "vp_diffusion", "boss_straighten")
 TIME_SAMPLINGS = ("uniform", "logit_normal")
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
@@ -28,9 +28,10 @@ TRACKERS = ("tensorboard", "none")
 
 @dataclass
 class ModelConfig:
-    """The network: `mlp` (2-D data, `ClassConditionalMLP`) or `unet` (images, `small_unet`)."""
+    """The network: `mlp` (2-D data), `unet` (images, `small_unet`) or `pretrained` (a saved pipeline's network)."""
 
     type: str = "mlp"
+    pretrained: str | None = None  # type=pretrained: a pipeline folder whose `unet` is loaded (EMA weights)
     num_classes: int = 8
     dim: int = 2  # mlp
     width: int = 256  # mlp
@@ -66,6 +67,9 @@ class ObjectiveConfig:
     cfg_dropout: float = 0.1  # probability of replacing the label by the null class
     beta_schedule: str = "linear"  # vp
     num_train_timesteps: int = 1000
+    spec: str | None = None  # boss_straighten: the BOSS sampler spec (fewstep boss schedule --out)
+    num_noises: int = 1024  # boss_straighten: teacher trajectories stored
+    fine_steps: int = 100  # boss_straighten: the teacher's fine uniform grid (the spec must lie on it)
 
 
 @dataclass

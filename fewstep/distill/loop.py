@@ -89,7 +89,13 @@ def build_model(cfg: ModelConfig) -> nn.Module:
         return ClassConditionalMLP(dim=cfg.dim, width=cfg.width, num_blocks=cfg.num_blocks, num_class_embeds=cfg.num_classes + 1)
     if cfg.type == "unet":
         return small_unet(cfg.sample_size, cfg.in_channels, cfg.num_classes, cfg.block_out_channels, cfg.layers_per_block, cfg.attention)
-    raise ValueError(f"unknown model.type {cfg.type!r}; choose 'mlp' or 'unet'")
+    if cfg.type == "pretrained":
+        from fewstep.pipelines.loading import load_teacher
+
+        if not cfg.pretrained:
+            raise ValueError("model.type=pretrained needs model.pretrained=PIPELINE_FOLDER")
+        return load_teacher(cfg.pretrained).network.requires_grad_(True).train()
+    raise ValueError(f"unknown model.type {cfg.type!r}; choose 'mlp', 'unet' or 'pretrained'")
 
 
 def check_data_fits_model(dataset: Dataset, model: nn.Module, num_classes: int) -> None:
@@ -241,10 +247,14 @@ class Trainer:
             project_config=ProjectConfiguration(project_dir=str(self.run_dir), logging_dir=str(self.run_dir / "logs")),
         )
         set_seed(config.seed)
-        self.dataset = build_dataset(config.data)
         model = build_model(config.model)
-        check_data_fits_model(self.dataset, model, config.model.num_classes)
         self.objective: Objective = build_objective(config.objective, model)
+        make_dataset = getattr(self.objective, "make_dataset", None)  # objectives that generate their data
+        if make_dataset is not None:
+            self.dataset = make_dataset()
+        else:
+            self.dataset = build_dataset(config.data)
+            check_data_fits_model(self.dataset, model, config.model.num_classes)
         self.resume_from = resolve_resume(self.run_dir, resume)
         self.resume_state = read_checkpoint_state(self.resume_from, self.objective.networks) if self.resume_from else None
         self._build_optimization()

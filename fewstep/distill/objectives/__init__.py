@@ -7,6 +7,7 @@ from typing import Any, Callable
 from torch import nn
 
 from .base import DenoisingObjective, Objective
+from .boss_straighten import BossStraighten
 from .flow_matching import FlowMatching
 from .vp_diffusion import VPDiffusion
 
@@ -20,7 +21,13 @@ def _vp(model: nn.Module, cfg: Any) -> Objective:
     return VPDiffusion(model, cfg.cfg_dropout, cfg.prediction_type, cfg.beta_schedule, cfg.num_train_timesteps)
 
 
-OBJECTIVES: dict[str, Callable[[nn.Module, Any], Objective]] = {"flow_matching": _flow, "vp_diffusion": _vp}
+def _boss(model: nn.Module, cfg: Any) -> Objective:
+    return BossStraighten(model, cfg.spec, cfg.num_noises, cfg.fine_steps, cfg.num_train_timesteps)
+
+
+OBJECTIVES: dict[str, Callable[[nn.Module, Any], Objective]] = {
+    "flow_matching": _flow, "vp_diffusion": _vp, "boss_straighten": _boss,
+}
 
 
 def build_objective(objective_config: Any, model: nn.Module) -> Objective:
@@ -30,4 +37,4 @@ def build_objective(objective_config: Any, model: nn.Module) -> Objective:
     return OBJECTIVES[objective_config.name](model, objective_config)
 
 
-__all__ = ["DenoisingObjective", "FlowMatching", "OBJECTIVES", "Objective", "VPDiffusion", "build_objective"]
+__all__ = ["BossStraighten", "DenoisingObjective", "FlowMatching", "OBJECTIVES", "Objective", "VPDiffusion", "build_objective"]
