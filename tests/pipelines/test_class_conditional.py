@@ -143,11 +143,12 @@ def test_shipped_2d_teacher_runs_under_fewstep_scheduler(name: str) -> None:
     assert torch.linalg.norm(means - mixture_parameters("8gaussians")["means"], dim=1).max() < 0.08
 
 
-def test_shipped_mnist_flow_teacher_draws_its_labels() -> None:
-    """Guided samples (w = 2, 20 Euler steps) of each digit are recognised by the shipped MNIST classifier."""
+@pytest.mark.parametrize("name", ["mnist_flow", "mnist_vp"])
+def test_shipped_mnist_teacher_draws_its_labels(name: str) -> None:
+    """Guided samples (w = 2, 20 steps of the shipped scheduler) of each digit are recognised by the MNIST classifier."""
     from fewstep.distill.evaluate import mnist_label_accuracy
 
-    folder = TEACHERS / "mnist_flow"
+    folder = TEACHERS / name
     pipe = DiffusionPipeline.from_pretrained(folder)
     pipe.set_progress_bar_config(disable=True)
     labels = torch.arange(10).repeat(2)
