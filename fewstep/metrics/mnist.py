@@ -239,7 +239,6 @@ def write_reference_stats(extractor: nn.Module, out_dir: str | Path | None = Non
         features = extract_features(extractor, mnist_uint8(split))
         stats = stats_from_features(features, extractor="mnist", protocol=PROTOCOL)
         path = save_stats(out / f"mnist_{split}.npz", stats)
-        path.chmod(0o644)  # the temp file it was renamed from is owner-only
         written.append(path)
     return written
 

@@ -8,7 +8,6 @@ plus metadata `extractor` (str), `protocol` (str) and `n` (int). Files written b
 from __future__ import annotations
 
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
+
+from ..io import write_atomic
 
 UNKNOWN = "unknown"
 
@@ -111,14 +112,12 @@ def stats_from_features(features: Tensor | np.ndarray, extractor: str = UNKNOWN,
 
 
 def save_stats(path: str | os.PathLike, stats: Stats) -> Path:
-    """Write `stats` to `path` (.npz) atomically: a temp file in the same folder, then os.replace."""
+    """Write `stats` to `path` (.npz) atomically (`fewstep.io.write_atomic`)."""
     path = Path(path)
     if path.suffix != ".npz":
         raise ValueError(f"statistics files end in .npz (numpy appends it otherwise): {str(path)!r}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npz.tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as file:
             np.savez(
                 file,
                 mu=np.asarray(stats.mu, dtype=np.float64),
@@ -127,10 +126,8 @@ def save_stats(path: str | os.PathLike, stats: Stats) -> Path:
                 extractor=np.str_(stats.extractor),
                 protocol=np.str_(stats.protocol),
             )
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+
+    write_atomic(path, write)
     return path
 
 
