@@ -81,7 +81,7 @@ def mnist_part(num_images: int, search_noises: int) -> str:
     """FID / accuracy / RMS-to-reference of BOSS and analytic grids on the shipped MNIST flow teacher."""
     from fewstep.metrics.mnist import assets_dir
     from fewstep.pipelines.loading import load_teacher
-    from fewstep.pipelines.scoring import MnistScorer, generate_images
+    from fewstep.pipelines.scoring import MnistScorer, generate_images, rms_pixel_error
 
     teacher = load_teacher(assets_dir() / "teachers" / "mnist_flow")
     scorer = MnistScorer()
@@ -115,7 +115,7 @@ def mnist_part(num_images: int, search_noises: int) -> str:
         for label, (solver, ts, objective) in grids.items():
             images, labels, _ = generate_images(teacher, ts, solver, num_images, seed=1)
             scores = scorer.score(images, labels)
-            err = float((images.float() - reference.float()).div(127.5).pow(2).mean().sqrt())
+            err = rms_pixel_error(images, reference)
             rows.setdefault(label, {})[k] = f"{scores.fid:.2f} / {100 * scores.accuracy:.0f}% / {err:.3f}{objective}"
     lines += [f"| {label} | " + " | ".join(cells[k] for k in KS) + " |" for label, cells in rows.items()]
     lines.append("\nCells: FID / accuracy / RMS error to reference / DP objective (where the grid has one). Search "

@@ -77,7 +77,7 @@ def mixture_part(iterations: int) -> str:
 
 def mnist_part(iterations: int, num_images: int) -> str:
     from fewstep.pipelines.loading import load_teacher
-    from fewstep.pipelines.scoring import MnistScorer, generate_images
+    from fewstep.pipelines.scoring import MnistScorer, generate_images, rms_pixel_error
     from fewstep.metrics.mnist import assets_dir
 
     teacher = load_teacher(assets_dir() / "teachers" / "mnist_flow")
@@ -103,7 +103,7 @@ def mnist_part(iterations: int, num_images: int) -> str:
         for label, (ts, coeffs, fit_time) in candidates.items():
             images, labels, _ = generate_images(teacher, ts, "dpmpp_2m", num_images, seed=0, coeffs=coeffs)
             scores = scorer.score(images, labels)
-            err = float((images.float() - ref_images.float()).div(127.5).pow(2).mean().sqrt())
+            err = rms_pixel_error(images, ref_images)
             lines.append(f"| {nfe} | {label} | {scores.fid:.2f} | {100 * scores.accuracy:.1f}% | {err:.3f} | {fit_time} |")
     return "\n".join(lines)
 

@@ -21,7 +21,7 @@ from fewstep.distill.config import load_config
 from fewstep.distill.loop import train
 from fewstep.metrics.mnist import assets_dir
 from fewstep.pipelines.loading import load_teacher
-from fewstep.pipelines.scoring import MnistScorer, generate_images
+from fewstep.pipelines.scoring import MnistScorer, generate_images, rms_pixel_error
 from fewstep.samplers import get_schedule
 from fewstep.samplers.boss import boss_schedule
 from fewstep.samplers.spec import SamplerSpec
@@ -50,7 +50,7 @@ def main() -> None:
     def score(model_teacher, ts) -> str:
         images, labels_, _ = generate_images(model_teacher, ts, "ddim", args.images, seed=1)
         s = scorer.score(images, labels_)
-        err = float((images.float() - reference.float()).div(127.5).pow(2).mean().sqrt())
+        err = rms_pixel_error(images, reference)
         return f"{s.fid:.2f} | {100 * s.accuracy:.1f}% | {err:.3f}"
 
     for name, ts in grids.items():

@@ -57,7 +57,7 @@ def run(args) -> int:
 
     from fewstep.io import write_atomic
     from fewstep.pipelines.loading import load_teacher
-    from fewstep.pipelines.scoring import MnistScorer, generate_images
+    from fewstep.pipelines.scoring import MnistScorer, generate_images, rms_pixel_error
     from fewstep.samplers import get_schedule
 
     if args.n < 10 or min(args.nfe) < 1:
@@ -74,7 +74,7 @@ def run(args) -> int:
                                               guidance_scale=args.guidance_scale, device=args.device)
         scores = scorer.score(images, labels)
         reference.setdefault(name, images)  # same noise and labels for every run of this teacher
-        error = float((images.float() - reference[name].float()).div(127.5).pow(2).mean().sqrt())
+        error = rms_pixel_error(images, reference[name])
         results.append({"teacher": name, "sampler": label, "steps": steps, "nfe": nfe,
                         "fid": scores.fid, "accuracy": scores.accuracy, "rms_to_reference": error})
         grids[(name, label, steps)] = images[: 10 * max(1, min(4, args.n // 10))]

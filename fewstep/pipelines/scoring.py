@@ -24,6 +24,11 @@ def to_uint8(x: Tensor) -> Tensor:
     return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
 
 
+def rms_pixel_error(images: Tensor, reference: Tensor) -> float:
+    """RMS difference of two uint8 image batches [N, C, H, W], in units of the [-1, 1] range."""
+    return float((images.float() - reference.float()).div(127.5).pow(2).mean().sqrt())
+
+
 def generate_images(
     teacher: LoadedTeacher,
     ts: Tensor,
