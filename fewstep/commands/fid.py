@@ -150,10 +150,9 @@ def _describe_report(report: Any) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     """Compute statistics / scores as asked; prints text or JSON on the main process."""
-    from fewstep.metrics.extract import Distributed, extract_features
-    from fewstep.metrics.features import get_feature_extractor
+    from fewstep.metrics.extract import Distributed
     from fewstep.metrics.inputs import input_kind
-    from fewstep.metrics.stats import load_stats, save_stats
+    from fewstep.metrics.stats import load_stats
 
     stats_mode = _check_args(args)
     paths = args.inputs[1:] if stats_mode else args.inputs
@@ -169,6 +168,19 @@ def run(args: argparse.Namespace) -> int:
     notes = _check_stats_provenance(loaded, feature_name, None) if all(k == "stats" for k in kinds) else []
 
     dist = Distributed(cpu=True if (args.device or "").startswith("cpu") else None)
+    try:
+        return _run(args, dist, stats_mode, paths, kinds, loaded, feature_name, notes)
+    finally:
+        dist.close()
+
+
+def _run(args: argparse.Namespace, dist: Any, stats_mode: bool, paths: list[str], kinds: list[str],
+         loaded: list, feature_name: str, notes: list[str]) -> int:
+    """Extract features on every rank, then score or save statistics on the main one."""
+    from fewstep.metrics.extract import extract_features
+    from fewstep.metrics.features import get_feature_extractor
+    from fewstep.metrics.stats import save_stats
+
     started = time.perf_counter()
     extractor = None
     if any(kind != "stats" for kind in kinds):

@@ -66,6 +66,16 @@ class Distributed:
         gathered = self.gather(padded).reshape(self.world, -1, *rows.shape[1:])
         return [gathered[r, : int(counts[r])] for r in range(self.world)]
 
+    def close(self) -> None:
+        """Wait for every rank, then tear the process group down (gloo aborts at exit otherwise)."""
+        if self.world == 1:
+            return
+        import torch.distributed as torch_dist
+
+        self.state.wait_for_everyone()
+        if torch_dist.is_initialized():
+            torch_dist.destroy_process_group()
+
     def any_failed(self, failed: bool) -> bool:
         """True on every rank if any rank failed (so no rank waits forever in a later gather)."""
         return bool(self.gather(torch.tensor([int(failed)])).any()) if self.world > 1 else failed
