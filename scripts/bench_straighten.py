@@ -1,16 +1,21 @@
-"""BOSS straightening on the shipped MNIST flow teacher (issue 5); prints Markdown for docs/BENCHMARKS.md.
+"""BOSS straightening, its ablations and reflow on the shipped MNIST flow teacher (issue 5); prints Markdown.
 
-    OMP_NUM_THREADS=1 python scripts/bench_straighten.py --steps 4 --noises 512 --train-steps 600
+    OMP_NUM_THREADS=1 python scripts/bench_straighten.py --steps 4 --variants boss uniform reflow boss-lora
 
-Straightens the teacher for (a) the BOSS K-step grid and (b) the uniform K-step grid (the
-ablation at the same training budget), then scores Euler on each grid before and after:
-FID on `mnist` features, accuracy, RMS error to the teacher's 32-step DPM-Solver++(3M)
-samples from the same noise.
+Variants, all at the same budget (noises, optimizer steps, batch, learning rate):
+  boss       straighten for the BOSS K-step grid (Nguyen et al. 2024)
+  uniform    straighten for the uniform K-step grid (the grid ablation)
+  boss-lora  straighten for the BOSS grid training only LoRA adapters (peft; rank --lora-rank)
+  reflow     plain reflow on (noise, teacher sample) pairs (Liu et al. 2023); not tied to K, trained once
+             and scored on every K's BOSS and uniform grids
+Scores: Euler on the grid; FID on `mnist` features, label accuracy, RMS error to the teacher's
+32-step DPM-Solver++(3M) samples from the same noise.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -26,49 +31,80 @@ from fewstep.samplers import get_schedule
 from fewstep.samplers.boss import boss_schedule
 from fewstep.samplers.spec import SamplerSpec
 
+VARIANTS = ("boss", "uniform", "boss-lora", "reflow")
+
+
+def finetune(teacher_dir: Path, run_dir: Path, objective: str, spec: Path | None, args, lora_rank: int = 0) -> tuple[Path, float]:
+    """Train one variant; returns (exported pipeline, seconds)."""
+    config = load_config(None, [
+        f"run_dir={run_dir}", "log_with=none", "checkpoint_every=0", "samples_per_class=4",
+        f"max_steps={args.train_steps}", "model.type=pretrained", f"model.pretrained={teacher_dir}",
+        "model.num_classes=10", f"objective.name={objective}", f"objective.spec={spec or 'null'}",
+        f"objective.num_noises={args.noises}", "objective.fine_steps=100", f"objective.lora_rank={lora_rank}",
+        "data.batch_size=32", f"optim.lr={args.lora_lr if lora_rank else args.lr}",
+        "optim.lr_scheduler=constant_with_warmup", "optim.lr_warmup_steps=50", "optim.ema_decay=0.99",
+    ])
+    start = time.perf_counter()
+    result = train(config)
+    return result.pipeline, time.perf_counter() - start
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--steps", type=int, nargs="+", default=[4])
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=["boss", "uniform"])
     parser.add_argument("--noises", type=int, default=512)
     parser.add_argument("--train-steps", type=int, default=600)
+    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--lora-rank", type=int, default=8)
+    parser.add_argument("--lora-lr", type=float, default=1e-3)
     parser.add_argument("--images", type=int, default=500)
+    parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = parser.parse_args()
     teacher_dir = assets_dir() / "teachers" / "mnist_flow"
     teacher = load_teacher(teacher_dir)
-    path, fine = teacher.path, get_schedule("uniform", teacher.path, 100)
+    path = teacher.path
     work = Path(tempfile.mkdtemp(prefix="straighten_"))
+    scorer = MnistScorer()
+    reference, _, _ = generate_images(teacher, get_schedule("uniform", path, 32), "dpmpp_3m", args.images, seed=1)
     g = torch.Generator().manual_seed(0)
     search = [(torch.randn((64, *teacher.sample_shape), generator=g), teacher.class_labels(64))]
-    grids = {"BOSS": boss_schedule(teacher.denoiser, search, args.steps, fine).ts,
-             "uniform": get_schedule("uniform", path, args.steps)}
-    scorer = MnistScorer()
-    reference, labels, _ = generate_images(teacher, get_schedule("uniform", path, 32), "dpmpp_3m", args.images, seed=1)
-    lines = [f"| grid (K = {args.steps}, Euler) | model | FID_{args.images} | accuracy | RMS vs teacher 32-step | straightening time |",
-             "|---|---|---|---|---|---|"]
+    rows: list[dict] = []
 
-    def score(model_teacher, ts) -> str:
-        images, labels_, _ = generate_images(model_teacher, ts, "ddim", args.images, seed=1)
-        s = scorer.score(images, labels_)
-        err = rms_pixel_error(images, reference)
-        return f"{s.fid:.2f} | {100 * s.accuracy:.1f}% | {err:.3f}"
+    def score(model_teacher, ts) -> dict:
+        images, labels, _ = generate_images(model_teacher, ts, "ddim", args.images, seed=1)
+        s = scorer.score(images, labels)
+        return {"fid": s.fid, "accuracy": s.accuracy, "rms": rms_pixel_error(images, reference)}
 
-    for name, ts in grids.items():
-        spec_file = SamplerSpec.from_grid("ddim", ts, path, provenance={"method": name}).save(work / f"{name}.safetensors")
-        lines.append(f"| {name} | teacher | {score(teacher, ts)} | |")
-        config = load_config(None, [
-            f"run_dir={work / name}", "log_with=none", "checkpoint_every=0", "samples_per_class=4",
-            f"max_steps={args.train_steps}", "model.type=pretrained", f"model.pretrained={teacher_dir}",
-            "model.num_classes=10", "objective.name=boss_straighten", f"objective.spec={spec_file}",
-            f"objective.num_noises={args.noises}", "objective.fine_steps=100", "data.batch_size=32",
-            "optim.lr=2e-4", "optim.lr_scheduler=constant_with_warmup", "optim.lr_warmup_steps=50",
-            "optim.ema_decay=0.99",
-        ])
-        start = time.perf_counter()
-        result = train(config)
-        seconds = time.perf_counter() - start
-        lines.append(f"| {name} | straightened | {score(load_teacher(result.pipeline), ts)} | {seconds:.0f} s |")
+    reflowed = None
+    if "reflow" in args.variants:
+        pipeline, seconds = finetune(teacher_dir, work / "reflow", "reflow", None, args)
+        reflowed = (load_teacher(pipeline), seconds)
+    for k in args.steps:
+        grids = {"BOSS": boss_schedule(teacher.denoiser, search, k, get_schedule("uniform", path, 100)).ts,
+                 "uniform": get_schedule("uniform", path, k)}
+        specs = {name: SamplerSpec.from_grid("ddim", ts, path, provenance={"method": name}).save(work / f"{name}_k{k}.safetensors")
+                 for name, ts in grids.items()}
+        for name, ts in grids.items():
+            rows.append({"K": k, "grid": name, "model": "teacher", **score(teacher, ts), "seconds": None})
+        runs = [("boss", "BOSS", "straightened", 0), ("uniform", "uniform", "straightened", 0),
+                ("boss-lora", "BOSS", f"straightened, LoRA r={args.lora_rank}", args.lora_rank)]
+        for variant, grid, label, rank in runs:
+            if variant in args.variants:
+                pipeline, seconds = finetune(teacher_dir, work / f"{variant}_k{k}", "boss_straighten", specs[grid], args, rank)
+                rows.append({"K": k, "grid": grid, "model": label, **score(load_teacher(pipeline), grids[grid]), "seconds": seconds})
+        if reflowed is not None:
+            for name, ts in grids.items():
+                rows.append({"K": k, "grid": name, "model": "reflow", **score(reflowed[0], ts), "seconds": reflowed[1]})
+        print(json.dumps(rows[-1]), flush=True)
+    lines = [f"| K | grid (Euler) | model | FID_{args.images} | accuracy | RMS vs teacher 32-step | training time |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        seconds = f"{r['seconds']:.0f} s" if r["seconds"] else ""
+        lines.append(f"| {r['K']} | {r['grid']} | {r['model']} | {r['fid']:.2f} | {100 * r['accuracy']:.1f}% | {r['rms']:.3f} | {seconds} |")
     print("\n".join(lines))
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":

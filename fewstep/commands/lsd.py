@@ -1,4 +1,8 @@
-"""`fewstep lsd`: LSD / LSD+ for masked discrete diffusion (fit, sample) and the small text model (train-text)."""
+"""`fewstep lsd`: LSD / LSD+ for masked discrete diffusion (fit, sample).
+
+The text model they run on is trained by the shared trainer loop:
+`fewstep train assets/configs/text_masked.yaml` (shipped as assets/teachers/text_masked).
+"""
 
 from __future__ import annotations
 
@@ -14,7 +18,8 @@ def register(subparsers) -> argparse.ArgumentParser:
         "lsd",
         help="learned few-step samplers for masked discrete diffusion (LSD / LSD+, Fu et al. 2025)",
         description="Fit per-step score coefficients Phi (LSD) and step sizes (LSD+) of a few-step masked-diffusion "
-                    "sampler against a many-step teacher, sample with a fitted spec, or train the small text model.",
+                    "sampler against a many-step teacher, or sample with a fitted spec. Train a text model with "
+                    "`fewstep train assets/configs/text_masked.yaml`.",
     )
     sub = parser.add_subparsers(dest="lsd_command", metavar="ACTION", required=True)
 
@@ -42,22 +47,15 @@ def register(subparsers) -> argparse.ArgumentParser:
     smp.add_argument("--seed", type=int, default=0)
     smp.add_argument("--show", type=int, default=4, help="print this many samples (text)")
 
-    train = sub.add_parser("train-text", help="train the small masked-diffusion transformer on pydoc_data text")
-    train.add_argument("--out", type=Path, required=True, help="folder for the diffusers model (save_pretrained)")
-    train.add_argument("--steps", type=int, default=2000)
-    train.add_argument("--seq-len", type=int, default=64)
-    train.add_argument("--dim", type=int, default=128)
-    train.add_argument("--layers", type=int, default=3)
-    train.add_argument("--batch-size", type=int, default=64)
-    train.add_argument("--lr", type=float, default=1e-3)
-    train.add_argument("--seed", type=int, default=0)
     return parser
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--testbed", choices=TESTBEDS, default="chain",
                         help="chain: exact Markov-chain denoiser; text: a trained model (--model)")
-    parser.add_argument("--model", type=Path, default=None, help="text: folder written by `fewstep lsd train-text`")
+    parser.add_argument("--model", type=Path, default=None,
+                        help="text: a masked-diffusion model folder (run_dir/pipeline of `fewstep train "
+                             "assets/configs/text_masked.yaml`); default: the shipped assets/teachers/text_masked")
     parser.add_argument("--vocab", type=int, default=8, help="chain: vocabulary size (default 8)")
     parser.add_argument("--length", type=int, default=32, help="chain: sequence length (default 32)")
     parser.add_argument("--chain-seed", type=int, default=0, help="chain: seed of the random rules")
@@ -70,21 +68,20 @@ def load_testbed(args) -> tuple[object, int, object]:
     if args.testbed == "chain":
         chain = MarkovChain.random(args.vocab, min(3, args.vocab), seed=args.chain_seed)
         return chain.denoiser(), args.length, chain
-    if args.model is None:
-        raise ValueError("--testbed text needs --model FOLDER (train one with `fewstep lsd train-text --out FOLDER`)")
-    if not (args.model / "config.json").is_file():
-        raise FileNotFoundError(f"{args.model} has no config.json; pass a folder written by `fewstep lsd train-text`")
     from fewstep.distill.masked_transformer import MaskedDiffusionTransformer, model_fingerprint
+    from fewstep.metrics.mnist import assets_dir
 
-    model = MaskedDiffusionTransformer.from_pretrained(str(args.model)).eval()
+    folder = args.model or assets_dir() / "teachers" / "text_masked"
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{folder} has no config.json; pass --model with the run_dir/pipeline folder of "
+                                "`fewstep train assets/configs/text_masked.yaml`")
+    model = MaskedDiffusionTransformer.from_pretrained(str(folder)).eval()
     return ModelDenoiser(model, model_fingerprint(model)), int(model.config.seq_len), None
 
 
 def run(args) -> int:
     import torch
 
-    if args.lsd_command == "train-text":
-        return _train_text(args)
     denoiser, length, chain = load_testbed(args)
     if args.lsd_command == "fit":
         from fewstep.samplers.discrete import LSDConfig, LSDFitError, fit_lsd
@@ -127,30 +124,4 @@ def run(args) -> int:
         for row in x[: args.show]:
             print(repr(decode(row)))
     print(json.dumps(report))
-    return 0
-
-
-def _train_text(args) -> int:
-    import torch
-
-    from fewstep.distill.masked_transformer import MaskedDiffusionTransformer, model_fingerprint
-    from fewstep.distill.objectives.masked_diffusion import MaskedDiffusion, nelbo, train_plain
-    from fewstep.samplers.discrete.text import ALPHABET, corpus_fingerprint, text_sequences
-
-    torch.manual_seed(args.seed)
-    model = MaskedDiffusionTransformer(vocab_size=len(ALPHABET), seq_len=args.seq_len, dim=args.dim, num_layers=args.layers)
-    train_data, test_data = text_sequences(args.seq_len, "train"), text_sequences(args.seq_len, "test")
-    train_plain(MaskedDiffusion(model), train_data, args.steps, args.batch_size, args.lr, args.seed)
-    held_out = nelbo(model, test_data)
-    tmp = args.out.with_name(f".{args.out.name}.tmp")
-    model.save_pretrained(str(tmp))
-    (tmp / "training.json").write_text(json.dumps({
-        "corpus": corpus_fingerprint(), "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
-        "held_out_nelbo_per_char": held_out, "model_id": model_fingerprint(model)}, indent=2))
-    if args.out.exists():
-        import shutil
-
-        shutil.rmtree(args.out)
-    tmp.rename(args.out)
-    print(json.dumps({"model": str(args.out), "held_out_nelbo_per_char": held_out}))
     return 0

@@ -6,7 +6,7 @@ from typing import Any, Callable
 
 from torch.utils.data import Dataset
 
-from fewstep.data import embedded, folders, mixtures
+from fewstep.data import embedded, folders, mixtures, sequences
 
 
 def _mixture(name: str) -> Callable[..., Dataset]:
@@ -35,6 +35,8 @@ DATASETS: dict[str, Callable[..., Dataset]] = {
     "digits": embedded.load_digits,
     "photos": embedded.load_photo_crops,
     **{name: _mixture(name) for name in mixtures.MIXTURES},
+    "text": sequences.TextSequenceDataset,
+    "markov": sequences.MarkovSequenceDataset,
     "folder": _folder,
     "hf": _hf,
 }
@@ -46,11 +48,11 @@ def list_datasets() -> list[str]:
 
 
 def get_dataset(name: str, split: str | None = "train", **kw: Any) -> Dataset:
-    """Dataset `name` ("mnist", "digits", "photos", "8gaussians", "moons", "folder", "hf").
+    """Dataset `name` ("mnist", "digits", "photos", "8gaussians", "moons", "text", "markov", "folder", "hf").
 
     Embedded sets take split="train" | "test" | "all"; "folder" needs `path=` (split="all" or
     None); "hf" needs `path=` and takes the Hugging Face split name (None = the only / "train").
-    Extra keywords go to the loader (e.g. `resolution=`, `channels=`, `n=`).
+    Extra keywords go to the loader (e.g. `resolution=`, `channels=`, `n=`, `seq_len=` for text and markov).
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")

@@ -18,8 +18,8 @@ from typing import Any, Sequence, Union
 
 import yaml
 
-MODEL_TYPES = ("mlp", "unet", "pretrained")
-OBJECTIVES = ("flow_matching", "vp_diffusion", "boss_straighten")
+MODEL_TYPES = ("mlp", "unet", "pretrained", "masked_transformer")
+OBJECTIVES = ("flow_matching", "vp_diffusion", "boss_straighten", "reflow", "masked_diffusion")
 TIME_SAMPLINGS = ("uniform", "logit_normal")
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
@@ -28,19 +28,24 @@ TRACKERS = ("tensorboard", "none")
 
 @dataclass
 class ModelConfig:
-    """The network: `mlp` (2-D data), `unet` (images, `small_unet`) or `pretrained` (a saved pipeline's network)."""
+    """The network: `mlp` (2-D data), `unet` (images, `small_unet`), `pretrained` (a saved pipeline's network)
+    or `masked_transformer` (token sequences, `MaskedDiffusionTransformer`)."""
 
     type: str = "mlp"
     pretrained: str | None = None  # type=pretrained: a pipeline folder whose `unet` is loaded (EMA weights)
     num_classes: int = 8
     dim: int = 2  # mlp
-    width: int = 256  # mlp
+    width: int = 256  # mlp hidden width; masked_transformer model width
     num_blocks: int = 4  # mlp
     sample_size: int = 32  # unet
     in_channels: int = 1  # unet
     block_out_channels: tuple[int, ...] = (32, 64, 64)  # unet
     layers_per_block: int = 1  # unet
     attention: bool = False  # unet: self-attention at the lowest resolution
+    vocab_size: int = 0  # masked_transformer: real tokens (the dataset's vocab_size; mask id = vocab_size)
+    seq_len: int = 64  # masked_transformer: longest sequence
+    num_layers: int = 3  # masked_transformer
+    num_heads: int = 4  # masked_transformer
 
 
 @dataclass
@@ -57,7 +62,8 @@ class DataConfig:
 
 @dataclass
 class ObjectiveConfig:
-    """Teacher objective: rectified-flow matching or VP diffusion, with CFG label dropout."""
+    """What is trained: teachers (flow_matching, vp_diffusion with CFG label dropout; masked_diffusion for tokens)
+    or a pretrained flow fine-tuned on its own trajectories (boss_straighten, reflow)."""
 
     name: str = "flow_matching"
     prediction_type: str | None = None  # None: flow_prediction (flow) / epsilon (vp)
@@ -67,9 +73,11 @@ class ObjectiveConfig:
     cfg_dropout: float = 0.1  # probability of replacing the label by the null class
     beta_schedule: str = "linear"  # vp
     num_train_timesteps: int = 1000
-    spec: str | None = None  # boss_straighten: the BOSS sampler spec (fewstep boss schedule --out)
-    num_noises: int = 1024  # boss_straighten: teacher trajectories stored
-    fine_steps: int = 100  # boss_straighten: the teacher's fine uniform grid (the spec must lie on it)
+    spec: str | None = None  # boss_straighten: the BOSS sampler spec (fewstep boss schedule --out); reflow: preview grid
+    num_noises: int = 1024  # boss_straighten / reflow: teacher trajectories stored
+    fine_steps: int = 100  # boss_straighten / reflow: the teacher's fine uniform Euler grid (the spec must lie on it)
+    lora_rank: int = 0  # boss_straighten / reflow: > 0 trains LoRA adapters (peft) instead of every weight
+    mask_eps: float = 1e-3  # masked_diffusion: log-linear path, mask probability (1 - eps) t
 
 
 @dataclass
@@ -129,6 +137,13 @@ class TrainConfig:
                 raise ValueError(f"{key} must be > 0, got {value}")
         if not 0 <= self.objective.cfg_dropout < 1:
             raise ValueError(f"objective.cfg_dropout must lie in [0, 1), got {self.objective.cfg_dropout}")
+        if self.objective.lora_rank < 0:
+            raise ValueError(f"objective.lora_rank must be >= 0 (0 trains every weight), got {self.objective.lora_rank}")
+        if (self.model.type == "masked_transformer") != (self.objective.name == "masked_diffusion"):
+            raise ValueError("model.type=masked_transformer and objective.name=masked_diffusion go together "
+                             f"(got model.type={self.model.type}, objective.name={self.objective.name})")
+        if self.model.type == "masked_transformer" and self.model.vocab_size < 1:
+            raise ValueError("model.type=masked_transformer needs model.vocab_size (the dataset's; text: 59)")
         if not 0 <= self.optim.ema_decay < 1:
             raise ValueError(f"optim.ema_decay must lie in [0, 1) (0 disables EMA), got {self.optim.ema_decay}")
         return self

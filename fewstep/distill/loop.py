@@ -34,9 +34,6 @@ from .objectives import Objective, build_objective
 
 CHECKPOINT_PREFIX = "step_"
 STATE_FILE = "trainer_state.json"
-#: points drawn per class for the scatter plot of 2-D samples.
-POINTS_PER_CLASS = 250
-
 #: `sample_fn(class_labels [B]) -> samples [B, ...]` with the EMA weights.
 SampleFn = Callable[[Tensor], Tensor]
 #: `eval_fn(sample_fn, step) -> {metric: value}`, called on the main process (e.g. a small-N FID).
@@ -95,22 +92,12 @@ def build_model(cfg: ModelConfig) -> nn.Module:
         if not cfg.pretrained:
             raise ValueError("model.type=pretrained needs model.pretrained=PIPELINE_FOLDER")
         return load_teacher(cfg.pretrained).network.requires_grad_(True).train()
-    raise ValueError(f"unknown model.type {cfg.type!r}; choose 'mlp', 'unet' or 'pretrained'")
+    if cfg.type == "masked_transformer":
+        from .masked_transformer import MaskedDiffusionTransformer
 
-
-def check_data_fits_model(dataset: Dataset, model: nn.Module, num_classes: int) -> None:
-    """Raise ValueError if item shapes or the number of classes disagree with the model config."""
-    from fewstep.pipelines.class_conditional import sample_shape
-
-    x, _ = dataset[0]
-    if tuple(x.shape) != sample_shape(model):
-        raise ValueError(
-            f"data items have shape {tuple(x.shape)} but the model makes {sample_shape(model)}; "
-            "set model.dim (mlp) or model.in_channels / model.sample_size (unet) to match"
-        )
-    classes = getattr(dataset, "classes", None)
-    if classes is not None and len(classes) > num_classes:
-        raise ValueError(f"the dataset has {len(classes)} classes but model.num_classes={num_classes}; set model.num_classes={len(classes)}")
+        return MaskedDiffusionTransformer(vocab_size=cfg.vocab_size, seq_len=cfg.seq_len, dim=cfg.width,
+                                          num_layers=cfg.num_layers, num_heads=cfg.num_heads)
+    raise ValueError(f"unknown model.type {cfg.type!r}; choose 'mlp', 'unet', 'pretrained' or 'masked_transformer'")
 
 
 class StepBatchSampler(Sampler[list[int]]):
@@ -214,6 +201,38 @@ def read_checkpoint_state(path: Path, networks: dict[str, nn.Module]) -> dict[st
     return state
 
 
+EMA_DIR = "ema"
+EMA_WEIGHTS, EMA_STATE = "ema_weights.safetensors", "ema_state.json"
+
+
+def save_ema(ema: Any, network: nn.Module, folder: Path) -> None:
+    """EMA weights keyed by parameter name (safetensors) + its counters (JSON) into `folder`."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    state = ema.state_dict()
+    shadow = state.pop("shadow_params")
+    names = [name for name, _ in network.named_parameters()]
+    save_file({name: p.detach().cpu().contiguous() for name, p in zip(names, shadow, strict=True)}, str(folder / EMA_WEIGHTS))
+    (folder / EMA_STATE).write_text(json.dumps(state, indent=2))
+
+
+def load_ema(ema: Any, network: nn.Module, folder: Path) -> None:
+    """Restore what `save_ema` wrote, checking every parameter of `network` is there with its shape."""
+    from safetensors.torch import load_file
+
+    if not (folder / EMA_WEIGHTS).is_file():
+        raise ValueError(f"checkpoint {folder.parent} has no EMA weights ({EMA_DIR}/{EMA_WEIGHTS}); resume with optim.ema_decay=0")
+    weights = load_file(str(folder / EMA_WEIGHTS))
+    shadow = []
+    for name, param in network.named_parameters():
+        if name not in weights or weights[name].shape != param.shape:
+            raise ValueError(f"the EMA weights in {folder} do not match this network (parameter {name!r}); "
+                             "resume with the run's own config (run_dir/config.yaml)")
+        shadow.append(weights[name])
+    ema.load_state_dict({**json.loads((folder / EMA_STATE).read_text()), "shadow_params": shadow})
+
+
 def _atomic_replace_dir(tmp: Path, final: Path) -> None:
     """Move a finished temp folder into place, replacing any previous `final`."""
     if final.exists():
@@ -250,11 +269,8 @@ class Trainer:
         model = build_model(config.model)
         self.objective: Objective = build_objective(config.objective, model)
         make_dataset = getattr(self.objective, "make_dataset", None)  # objectives that generate their data
-        if make_dataset is not None:
-            self.dataset = make_dataset()
-        else:
-            self.dataset = build_dataset(config.data)
-            check_data_fits_model(self.dataset, model, config.model.num_classes)
+        self.dataset = make_dataset() if make_dataset is not None else build_dataset(config.data)
+        self.objective.check_data(self.dataset, config.model.num_classes)
         self.resume_from = resolve_resume(self.run_dir, resume)
         self.resume_state = read_checkpoint_state(self.resume_from, self.objective.networks) if self.resume_from else None
         self._build_optimization()
@@ -288,8 +304,7 @@ class Trainer:
         net = self.ema_target()
         self.ema = None
         if cfg.ema_decay > 0:
-            self.ema = EMAModel(net.parameters(), decay=cfg.ema_decay, use_ema_warmup=cfg.ema_warmup,
-                                model_cls=type(net), model_config=net.config)
+            self.ema = EMAModel(net.parameters(), decay=cfg.ema_decay, use_ema_warmup=cfg.ema_warmup)
             self.ema.to(self.accelerator.device)
 
     def ema_target(self) -> nn.Module:
@@ -301,15 +316,10 @@ class Trainer:
 
     def _restore(self) -> None:
         """Load model / optimizer state, EMA and the step counter from `resume_from`."""
-        from diffusers.training_utils import EMAModel
-
         assert self.resume_from is not None and self.resume_state is not None
         self.accelerator.load_state(str(self.resume_from))
         if self.ema is not None:
-            if not (self.resume_from / "ema").is_dir():
-                raise ValueError(f"checkpoint {self.resume_from} has no EMA weights; resume with optim.ema_decay=0")
-            loaded = EMAModel.from_pretrained(str(self.resume_from / "ema"), model_cls=type(self.ema_target()))
-            self.ema.load_state_dict(loaded.state_dict())
+            load_ema(self.ema, self.ema_target(), self.resume_from / EMA_DIR)
             self.ema.to(self.accelerator.device)
         self.start_step = int(self.resume_state["step"])
         with warnings.catch_warnings():
@@ -333,7 +343,7 @@ class Trainer:
         acc.wait_for_everyone()
         if acc.is_main_process:
             if self.ema is not None:
-                self.ema.save_pretrained(str(tmp / "ema"))
+                save_ema(self.ema, self.ema_target(), tmp / EMA_DIR)
             state = {"step": step, "objective": self.config.objective.name, "networks": _network_signature(self._unwrapped_networks())}
             (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
             _atomic_replace_dir(tmp, final)
@@ -378,17 +388,10 @@ class Trainer:
         return fn
 
     def write_sample_grid(self, step: int) -> Path:
-        """PNG of EMA samples: an image grid (one row per class) or a scatter plot of 2-D points."""
-        from fewstep.pipelines.class_conditional import sample_shape
-
-        from .plots import save_samples_png
-
-        images = len(sample_shape(self.ema_target())) == 3
-        per_class = self.config.samples_per_class if images else POINTS_PER_CLASS
-        labels = torch.arange(self.config.model.num_classes).repeat_interleave(per_class)
+        """The objective's preview of EMA samples (an image grid, a 2-D scatter plot, decoded text) in run_dir/samples."""
         with self.ema_weights() as net:
-            samples = self.sample_fn(net)(labels).float().cpu()
-        return save_samples_png(samples, labels, self.run_dir / "samples" / f"{CHECKPOINT_PREFIX}{step:06d}.png", per_class)
+            return self.objective.write_preview(self.sample_fn(net), net, self.run_dir / "samples" / f"{CHECKPOINT_PREFIX}{step:06d}",
+                                                self.config.model.num_classes, self.config.samples_per_class)
 
     def evaluate(self, step: int) -> dict[str, float]:
         """Run `eval_fn` on the EMA weights (main process)."""
@@ -397,13 +400,11 @@ class Trainer:
             return {k: float(v) for k, v in self.eval_fn(self.sample_fn(net), step).items()}
 
     def export_pipeline(self) -> Path:
-        """Save the EMA network + the objective's scheduler as a `ClassConditionalPipeline` in run_dir/pipeline."""
-        from fewstep.pipelines.class_conditional import ClassConditionalPipeline
-
+        """Save the EMA network the objective's way (by default a `ClassConditionalPipeline`) in run_dir/pipeline."""
         final, tmp = self.run_dir / "pipeline", self.run_dir / ".tmp_pipeline"
         shutil.rmtree(tmp, ignore_errors=True)
         with self.ema_weights() as net:
-            ClassConditionalPipeline(unet=net, scheduler=self.objective.scheduler()).save_pretrained(str(tmp))
+            self.objective.export(net, tmp)
         _atomic_replace_dir(tmp, final)
         return final
 

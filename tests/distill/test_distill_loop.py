@@ -159,5 +159,5 @@ def test_export_only_writes_the_checkpoint_ema_as_a_pipeline(tmp_path: Path) -> 
         assert run(args) == 0
     ema_step2 = _weights(tmp_path / "run" / "pipeline")
     assert ema_step2.keys() == ema_final.keys() and not all(torch.equal(ema_step2[k], ema_final[k]) for k in ema_final)
-    ckpt = load_file(str(tmp_path / "run/checkpoints/step_000002/ema/diffusion_pytorch_model.safetensors"))
+    ckpt = load_file(str(tmp_path / "run/checkpoints/step_000002/ema/ema_weights.safetensors"))
     assert all(torch.equal(ckpt[k], ema_step2[k]) for k in ckpt)

@@ -9,6 +9,8 @@ from torch import nn
 from .base import DenoisingObjective, Objective
 from .boss_straighten import BossStraighten
 from .flow_matching import FlowMatching
+from .masked_diffusion import MaskedDiffusion
+from .reflow import Reflow
 from .vp_diffusion import VPDiffusion
 
 
@@ -22,11 +24,19 @@ def _vp(model: nn.Module, cfg: Any) -> Objective:
 
 
 def _boss(model: nn.Module, cfg: Any) -> Objective:
-    return BossStraighten(model, cfg.spec, cfg.num_noises, cfg.fine_steps, cfg.num_train_timesteps)
+    return BossStraighten(model, cfg.spec, cfg.num_noises, cfg.fine_steps, cfg.num_train_timesteps, lora_rank=cfg.lora_rank)
+
+
+def _reflow(model: nn.Module, cfg: Any) -> Objective:
+    return Reflow(model, cfg.spec, cfg.num_noises, cfg.fine_steps, cfg.num_train_timesteps, lora_rank=cfg.lora_rank)
+
+
+def _masked(model: nn.Module, cfg: Any) -> Objective:
+    return MaskedDiffusion(model, cfg.mask_eps)
 
 
 OBJECTIVES: dict[str, Callable[[nn.Module, Any], Objective]] = {
-    "flow_matching": _flow, "vp_diffusion": _vp, "boss_straighten": _boss,
+    "flow_matching": _flow, "vp_diffusion": _vp, "boss_straighten": _boss, "reflow": _reflow, "masked_diffusion": _masked,
 }
 
 
@@ -37,4 +47,5 @@ def build_objective(objective_config: Any, model: nn.Module) -> Objective:
     return OBJECTIVES[objective_config.name](model, objective_config)
 
 
-__all__ = ["BossStraighten", "DenoisingObjective", "FlowMatching", "OBJECTIVES", "Objective", "VPDiffusion", "build_objective"]
+__all__ = ["BossStraighten", "DenoisingObjective", "FlowMatching", "MaskedDiffusion", "OBJECTIVES", "Objective", "Reflow",
+           "VPDiffusion", "build_objective"]

@@ -10,13 +10,19 @@ checkpoints and logging, and swaps `self.networks[name]` for its prepared (wrapp
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 
 from fewstep.pipelines.class_conditional import null_class, sample_shape
 from fewstep.samplers import CFGDenoiser, Denoiser, NoisePath, from_x0_eps, get_schedule, sample
+
+
+#: points drawn per class for the scatter plot of 2-D samples.
+POINTS_PER_CLASS = 250
 
 
 class Objective(ABC):
@@ -47,6 +53,40 @@ class Objective(ABC):
     @abstractmethod
     def scheduler(self) -> Any:
         """The diffusers scheduler shipped with the exported pipeline."""
+
+    def check_data(self, dataset: Dataset, num_classes: int) -> None:
+        """Raise ValueError if item shapes or the number of classes disagree with the model (class-conditional data)."""
+        x, _ = dataset[0]
+        model = self.networks[self.ema_network]
+        if tuple(x.shape) != sample_shape(model):
+            raise ValueError(
+                f"data items have shape {tuple(x.shape)} but the model makes {sample_shape(model)}; "
+                "set model.dim (mlp) or model.in_channels / model.sample_size (unet) to match"
+            )
+        classes = getattr(dataset, "classes", None)
+        if classes is not None and len(classes) > num_classes:
+            raise ValueError(f"the dataset has {len(classes)} classes but model.num_classes={num_classes}; set model.num_classes={len(classes)}")
+
+    def write_preview(self, sample_fn: Callable[[Tensor], Tensor], network: nn.Module, stem: Path, num_classes: int,
+                      per_class: int) -> Path:
+        """`stem`.png: an image grid with one row per class, or a scatter plot of 2-D points coloured by class."""
+        from fewstep.distill.plots import save_samples_png
+
+        images = len(sample_shape(network)) == 3
+        per_class = per_class if images else POINTS_PER_CLASS
+        labels = torch.arange(num_classes).repeat_interleave(per_class)
+        samples = sample_fn(labels).float().cpu()
+        return save_samples_png(samples, labels, stem.with_suffix(".png"), per_class)
+
+    def exportable(self, network: nn.Module) -> nn.Module:
+        """The network as it is saved (e.g. with adapters merged); default: itself."""
+        return network
+
+    def export(self, network: nn.Module, folder: Path) -> None:
+        """Save `network` (EMA weights) with `scheduler()` as a `ClassConditionalPipeline` in `folder`."""
+        from fewstep.pipelines.class_conditional import ClassConditionalPipeline
+
+        ClassConditionalPipeline(unet=self.exportable(network), scheduler=self.scheduler()).save_pretrained(str(folder))
 
 
 class DenoisingObjective(Objective):

@@ -5,17 +5,22 @@ For t ~ U(0, 1) (stratified over the batch), each token is masked with probabili
     loss = E_t [ unmask_rate(t) * sum_{masked i} -log p0(x0_i | x_t) ] / L,   unmask_rate = (1 - eps) / m(t),
 
 an upper bound on the data's negative log-likelihood per token (nats). `nelbo()` evaluates the
-same bound on held-out data. `train_plain` is a short single-process loop for the small text
-model; the objective also follows the `Objective` interface of `fewstep.distill.loop`.
+same bound on held-out data. The objective runs in the shared trainer loop
+(`objective.name=masked_diffusion`, `model.type=masked_transformer`, `data.name=text`); its
+previews are decoded text and its export is the model folder (`save_pretrained`) plus
+`vocabulary.json`.
 """
 
 from __future__ import annotations
 
+import json
 import math
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 
 from fewstep.samplers.discrete import LogLinearMaskPath, ModelDenoiser, all_masked, sample, uniform_grid
 
@@ -37,6 +42,10 @@ def masked_nelbo_terms(model: nn.Module, x0: Tensor, path: LogLinearMaskPath, ge
     ce = nn.functional.cross_entropy(logits.reshape(-1, V), x0.reshape(-1), reduction="none").reshape(B, L) * masked
     weight = path.unmask_rate(t.double()).to(x0.device).float()
     return weight * ce.sum(1) / L, ce.sum(1) / masked.sum(1).clamp_min(1)
+
+
+#: what the exported model folder records about its training data.
+DATA_INFO = "data.json"
 
 
 class MaskedDiffusion(Objective):
@@ -63,13 +72,55 @@ class MaskedDiffusion(Objective):
         """Masked diffusion has no diffusers scheduler; sampling uses `fewstep.samplers.discrete`."""
         return None
 
+    def check_data(self, dataset: Dataset, num_classes: int) -> None:
+        """Items must be token-id sequences [L] (L <= model seq_len) over the model's vocabulary."""
+        x, _ = dataset[0]
+        config = self.networks["model"].config
+        if not isinstance(x, Tensor) or x.ndim != 1 or x.dtype != torch.long:
+            raise ValueError(f"masked_diffusion needs token-id sequences (long [L]), got {type(x).__name__} "
+                             f"{getattr(x, 'dtype', '')} {tuple(getattr(x, 'shape', ()))}; use data.name=text")
+        if x.shape[0] > config.seq_len:
+            raise ValueError(f"data sequences have length {x.shape[0]} > model.seq_len={config.seq_len}; raise model.seq_len")
+        vocab = getattr(dataset, "vocab_size", None)
+        if vocab is not None and vocab != config.vocab_size:
+            raise ValueError(f"the dataset has {vocab} tokens but model.vocab_size={config.vocab_size}; set model.vocab_size={vocab}")
+        self.decode = getattr(dataset, "decode", None)
+        self.held_out = dataset.held_out() if hasattr(dataset, "held_out") else None
+        self.data_info = {"dataset": type(dataset).__name__, "corpus": getattr(dataset, "corpus", None),
+                          "seq_len": int(x.shape[0]), "vocab_size": config.vocab_size}
+
+    def write_preview(self, sample_fn: Callable[[Tensor], Tensor], network: nn.Module, stem: Path, num_classes: int,
+                      per_class: int) -> Path:
+        """`stem`.txt: `per_class` sampled sequences, decoded when the dataset can decode them, one per line."""
+        samples = sample_fn(torch.zeros(per_class, dtype=torch.long)).long().cpu()
+        decode = getattr(self, "decode", None) or (lambda ids: " ".join(map(str, ids.tolist())))
+        path = stem.with_suffix(".txt")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("".join(repr(decode(row)) + "\n" for row in samples))
+        tmp.replace(path)
+        return path
+
+    def export(self, network: nn.Module, folder: Path) -> None:
+        """The model folder (`save_pretrained`; loads with `MaskedDiffusionTransformer.from_pretrained`) + data.json
+        (corpus id, model id, held-out NELBO per token with its 95% half-width)."""
+        from fewstep.distill.masked_transformer import model_fingerprint
+
+        network.save_pretrained(str(folder))
+        info = {**getattr(self, "data_info", {}), "model_id": model_fingerprint(network), "mask_eps": self.path.eps}
+        if getattr(self, "held_out", None) is not None:
+            device = next(network.parameters()).device
+            mean, half = nelbo(network, self.held_out.to(device), self.path)
+            info["held_out_nelbo_per_token"] = {"mean": mean, "half_width_95": half, "sequences": int(self.held_out.shape[0])}
+        (Path(folder) / DATA_INFO).write_text(json.dumps(info, indent=2))
+
 
 @torch.no_grad()
 def nelbo(model: nn.Module, data: Tensor, path: LogLinearMaskPath | None = None, repeats: int = 4,
           batch_size: int = 256, seed: int = 0) -> tuple[float, float]:
     """(mean, 95% half-width) of the NELBO per token (nats) of `data` [n, L], averaged over `repeats` draws of t."""
     path = path or LogLinearMaskPath()
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator(device=data.device).manual_seed(seed)
     was_training = model.training
     model.eval()
     per_seq = torch.zeros(data.shape[0], dtype=torch.float64)
@@ -78,29 +129,3 @@ def nelbo(model: nn.Module, data: Tensor, path: LogLinearMaskPath | None = None,
             per_seq[lo:lo + batch_size] += masked_nelbo_terms(model, data[lo:lo + batch_size], path, generator)[0].double() / repeats
     model.train(was_training)
     return float(per_seq.mean()), 1.96 * float(per_seq.std()) / math.sqrt(len(per_seq))
-
-
-def train_plain(objective: MaskedDiffusion, data: Tensor, steps: int, batch_size: int = 128, lr: float = 1e-3,
-                seed: int = 0, log_every: int = 100, warmup: int = 100) -> list[float]:
-    """A short single-process AdamW loop with linear warm-up and clipping; returns the loss per step."""
-    model = objective.networks["model"]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) * max(0.1, 1 - s / steps))
-    generator = torch.Generator().manual_seed(seed)
-    losses: list[float] = []
-    model.train()
-    for step in range(steps):
-        index = torch.randint(0, data.shape[0], (batch_size,), generator=generator)
-        loss = objective.loss(data[index], step, generator)["loss"]
-        if not math.isfinite(loss.item()):
-            raise FloatingPointError(f"loss is {loss.item()} at step {step}; lower the learning rate")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
-        if log_every and (step + 1) % log_every == 0:
-            print(f"step {step + 1}/{steps}  nelbo/token {sum(losses[-log_every:]) / log_every:.4f}", flush=True)
-    model.eval()
-    return losses

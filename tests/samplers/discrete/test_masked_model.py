@@ -5,9 +5,16 @@ import math
 import torch
 
 from fewstep.distill.masked_transformer import MaskedDiffusionTransformer, model_fingerprint
-from fewstep.distill.objectives.masked_diffusion import MaskedDiffusion, nelbo, train_plain
+import json
+
+import pytest
+
+from fewstep.data import get_dataset
+from fewstep.distill.config import load_config
+from fewstep.distill.loop import Trainer, train
+from fewstep.distill.objectives.masked_diffusion import MaskedDiffusion, nelbo
 from fewstep.samplers.discrete import LogLinearMaskPath, MarkovChain, ModelDenoiser
-from fewstep.samplers.discrete.text import ALPHABET, NGramModel, decode, encode
+from fewstep.samplers.discrete.text import ALPHABET, NGramModel, decode, encode, stdlib_text
 
 
 def tiny_model(V=5, L=8):
@@ -36,17 +43,50 @@ def test_nelbo_of_a_uniform_model_is_log_v():
     assert abs(mean - (1 - 1e-3) * math.log(5)) < max(3 * half, 0.02)
 
 
-def test_training_lowers_the_nelbo_and_sampling_unmasks_everything():
-    chain = MarkovChain.random(5, seed=0)
-    data = chain.sample(512, 8, torch.Generator().manual_seed(0))
-    model = tiny_model()
-    objective = MaskedDiffusion(model)
-    before = nelbo(model, data, repeats=2)[0]
-    train_plain(objective, data, steps=60, batch_size=64, lr=3e-3, log_every=0, warmup=5)
-    after = nelbo(model, data, repeats=2)[0]
+def chain_config(run_dir, *overrides):
+    """The masked transformer on 8-token sequences of the 5-token Markov-chain testbed, through the trainer loop."""
+    return load_config(None, [
+        f"run_dir={run_dir}", "log_with=none", "checkpoint_every=0", "sample_steps=4", "samples_per_class=3",
+        "model.type=masked_transformer", "model.vocab_size=5", "model.seq_len=8", "model.width=16",
+        "model.num_layers=1", "model.num_heads=2", "objective.name=masked_diffusion",
+        "data.name=markov", "data.options={vocab_size: 5, seq_len: 8, n: 512}", "data.batch_size=64",
+        "optim.lr=3e-3", "optim.ema_decay=0", *overrides])
+
+
+def test_trainer_loop_trains_the_masked_model_and_exports_it(tmp_path):
+    torch.manual_seed(0)
+    data = get_dataset("markov", vocab_size=5, seq_len=8, n=512)
+    untrained = Trainer(chain_config(tmp_path / "probe", "max_steps=1")).ema_target()
+    before = nelbo(untrained, data.held_out(), repeats=2)[0]
+    result = train(chain_config(tmp_path / "run", "max_steps=80"))
+    assert sum(result.losses[-10:]) < sum(result.losses[:10])
+    model = MaskedDiffusionTransformer.from_pretrained(str(result.pipeline)).eval()
+    after = nelbo(model, data.held_out(), repeats=2)[0]
     assert after < before - 0.1
-    x = objective.sample(model, torch.zeros(6, dtype=torch.long), torch.Generator().manual_seed(0), num_steps=4)
-    assert x.shape == (6, 8) and int(x.max()) < 5 and objective.scheduler() is None
+    info = json.loads((result.pipeline / "data.json").read_text())
+    assert info["corpus"] == data.corpus and info["model_id"] == model_fingerprint(model)
+    assert info["held_out_nelbo_per_token"]["mean"] == pytest.approx(after, abs=0.1)
+    preview = (tmp_path / "run" / "samples" / "step_000080.txt").read_text().splitlines()
+    assert len(preview) == 3 and all(len(line.strip("'").split()) == 8 for line in preview)
+    x = MaskedDiffusion(model).sample(model, torch.zeros(6, dtype=torch.long), torch.Generator().manual_seed(0), num_steps=4)
+    assert x.shape == (6, 8) and int(x.max()) < 5
+
+
+def test_masked_config_mismatches_are_named(tmp_path):
+    with pytest.raises(ValueError, match="go together"):
+        chain_config(tmp_path, "objective.name=flow_matching")
+    with pytest.raises(ValueError, match="model.vocab_size=5"):
+        Trainer(chain_config(tmp_path / "v", "model.vocab_size=7"))
+    with pytest.raises(ValueError, match="model.seq_len"):
+        Trainer(chain_config(tmp_path / "l", "data.options={vocab_size: 5, seq_len: 16, n: 512}"))
+
+
+def test_text_dataset_holds_out_the_end_of_the_corpus():
+    train_set, test_set = get_dataset("text", seq_len=32), get_dataset("text", split="test", seq_len=32)
+    assert train_set.vocab_size == len(ALPHABET) and train_set[0][0].shape == (32,)
+    assert torch.equal(train_set.held_out(), test_set.sequences)
+    assert (len(train_set) + len(test_set)) * 32 <= len(stdlib_text())
+    assert train_set.decode(train_set[0][0]) == decode(train_set[0][0])
 
 
 def test_text_codec_and_ngram_proxy():
