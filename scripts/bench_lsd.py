@@ -21,18 +21,29 @@ from fewstep.samplers.discrete import (LSDConfig, MarkovChain, ModelDenoiser, To
                                        sample_with_spec, unigram_entropy)
 from fewstep.samplers.discrete.lsd import grid_summary
 
-METHODS = [("baseline", None, None), ("LSD shared", False, "shared"), ("LSD indep.", False, "independent"),
-           ("LSD+ shared", True, "shared"), ("LSD+ indep.", True, "independent")]
+#: (name, learn steps (LSD+), coupling, loss weighting); plus=None is the baseline.
+METHODS = [("baseline", None, None, None), ("LSD shared", False, "shared", "per_step"),
+           ("LSD indep.", False, "independent", "per_step"), ("LSD+ shared", True, "shared", "per_step"),
+           ("LSD+ indep.", True, "independent", "per_step"), ("LSD+ shared, global weighting", True, "shared", "global")]
+
+
+def selected(names: list[str] | None) -> list:
+    """The METHODS rows named (all when None); the baseline is always included."""
+    known = [m[0] for m in METHODS]
+    unknown = set(names or []) - set(known)
+    if unknown:
+        raise SystemExit(f"unknown methods {sorted(unknown)}; choose from {known}")
+    return [m for m in METHODS if names is None or m[0] in names or m[1] is None]
 
 
 def fit_all(denoiser, M: int, L: int, solver: str, N: int, iters: int, batch: int, methods, relax: float) -> dict:
     """name -> (spec, seconds)."""
     specs = {"baseline": (baseline_spec(M, solver), 0.0)}
-    for name, plus, coupling in methods:
+    for name, plus, coupling, weighting in methods:
         if plus is None:
             continue
         cfg = LSDConfig(num_steps=M, seq_len=L, teacher_steps=N, solver=solver, learn_steps=plus, coupling=coupling,
-                        relax=relax, iters=iters, batch_size=batch, lr=0.05, seed=0)
+                        relax=relax, iters=iters, batch_size=batch, lr=0.05, seed=0, weighting=weighting)
         result = fit_lsd(denoiser, cfg)
         specs[name] = (result.spec, result.seconds)
         print(f"  fitted {name} M={M} {solver}: {result.seconds:.0f}s {grid_summary(result.spec)}", flush=True)
@@ -65,7 +76,7 @@ def chain_tables(args) -> tuple[str, list]:
     rows = []
     for solver, steps in (("euler", args.steps), ("tau_leaping", args.tau_steps)):
         for M in steps:
-            specs = fit_all(denoiser, M, L, solver, args.teacher_steps, args.iters, args.batch, METHODS, args.relax)
+            specs = fit_all(denoiser, M, L, solver, args.teacher_steps, args.iters, args.batch, selected(args.methods), args.relax)
             teacher = {"teacher": (baseline_spec(args.teacher_steps, solver), 0.0)}
             res = evaluate(denoiser, {**specs, **teacher}, args.n, L,
                            lambda x: {"nll": chain.nll_per_token(x), "viol": chain.violation_rate(x)})
@@ -102,7 +113,7 @@ def text_tables(args) -> tuple[str, list]:
              f"{fmt(mean_ci(ngram.nll_per_token(held)))} nats/char, entropy {fmt(mean_ci(unigram_entropy(held, V)))}. "
              f"Teacher N={args.text_teacher_steps}, fit {args.text_iters} iterations x batch {args.text_batch}; n={args.text_n}.", ""]
     rows = []
-    methods = [m for m in METHODS if m[0] in ("baseline", "LSD shared", "LSD indep.", "LSD+ shared")]
+    methods = selected(args.text_methods)
     for M in args.text_steps:
         specs = fit_all(denoiser, M, L, "euler", args.text_teacher_steps, args.text_iters, args.text_batch, methods, args.relax)
         teacher = {"teacher": (baseline_spec(args.text_teacher_steps, "euler"), 0.0)}
@@ -132,6 +143,8 @@ def main() -> None:
     p.add_argument("--relax", type=float, default=0.05)
     p.add_argument("--n", type=int, default=2000)
     p.add_argument("--skip-chain", action="store_true")
+    p.add_argument("--methods", nargs="+", default=None, help="chain: methods to fit (default all)")
+    p.add_argument("--text-methods", nargs="+", default=["LSD shared", "LSD indep.", "LSD+ shared", "LSD+ shared, global weighting"])
     p.add_argument("--text-model", type=Path, default=None)
     p.add_argument("--text-steps", type=int, nargs="+", default=[8])
     p.add_argument("--text-teacher-steps", type=int, default=64)

@@ -31,6 +31,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     fit.add_argument("--plus", action="store_true", help="LSD+: also learn the step sizes kappa")
     fit.add_argument("--coupling", default="shared", choices=["shared", "independent"],
                      help="shared: student and teacher use the same thresholds and Gumbel noise per token (default)")
+    fit.add_argument("--weighting", default="per_step", choices=["per_step", "global"],
+                     help="per_step: mean of per-step relative errors (paper); global: one normalisation over all "
+                          "steps, so steps count by their jump mass (default per_step)")
     fit.add_argument("--relax", type=float, default=0.05, help="relaxed-start Hamming radius / length (default 0.05)")
     fit.add_argument("--iters", type=int, default=100)
     fit.add_argument("--batch-size", type=int, default=64)
@@ -91,7 +94,7 @@ def run(args) -> int:
             raise ValueError(f"--out {args.out} should end in .safetensors")
         cfg = LSDConfig(num_steps=args.steps, seq_len=length, teacher_steps=args.teacher_steps, solver=args.solver,
                         learn_steps=args.plus, coupling=args.coupling, relax=args.relax, iters=args.iters,
-                        batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+                        batch_size=args.batch_size, lr=args.lr, seed=args.seed, weighting=args.weighting)
         try:
             result = fit_lsd(denoiser, cfg, progress=True)
         except LSDFitError as error:

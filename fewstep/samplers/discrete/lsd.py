@@ -10,6 +10,11 @@ that student and teacher are in the same units (the expected number of jumps per
     teacher   b_k = sum_{teacher sub-steps j in step k} delta_j * unmask_rate(tau_j) * p0(x^T_j) * masked(x^T_j)
     loss_k    = ||a_k - b_k||^2 / ||b_k||^2      (denominator detached: a relative error per step)
 
+and the loss is the mean of loss_k over the M steps (`weighting="per_step"`, the paper's form).
+`weighting="global"` normalises once instead, sum_k ||a_k - b_k||^2 / sum_k ||b_k||^2, so each
+step counts in proportion to the jump mass it carries (a tiny step cannot buy a near-zero
+relative error at no cost).
+
 i.e. ||Phi_k s - s*||^2 with s the student's score and s* the teacher's score trajectory over
 the step; for fixed states the optimum is Phi_k = <s, s*> / ||s||^2 (`closed_form_phi`).
 States come from sampling and are detached (categorical sampling has no gradient). LSD+ also
@@ -41,6 +46,7 @@ from .samplers import DiscreteDenoiser, DiscreteStepInfo, TokenNoise, all_masked
 
 KIND = "masked_discrete"
 COUPLINGS = ("shared", "independent")
+WEIGHTINGS = ("per_step", "global")
 
 
 @dataclass
@@ -58,6 +64,7 @@ class LSDConfig:
     batch_size: int = 64
     lr: float = 0.02
     seed: int = 0
+    weighting: Literal["per_step", "global"] = "per_step"
 
     def validate(self) -> "LSDConfig":
         """Raise ValueError naming the bad option and the fix."""
@@ -70,6 +77,8 @@ class LSDConfig:
         if self.teacher_steps % self.num_steps:
             raise ValueError(f"N={self.teacher_steps} is not a multiple of M={self.num_steps}, so the teacher grid cannot "
                              f"contain the student's; use N={self.num_steps * (self.teacher_steps // self.num_steps)}")
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
         if self.coupling not in COUPLINGS:
             raise ValueError(f"coupling must be one of {COUPLINGS}, got {self.coupling!r}")
         if not 0.0 <= self.relax < 1.0:
@@ -108,9 +117,23 @@ def masked_probs(info: DiscreteStepInfo, mask_id: int) -> Tensor:
     return info.log_p0.exp().float() * (info.x == mask_id).unsqueeze(-1)
 
 
+def step_error(student: Tensor, teacher: Tensor) -> tuple[Tensor, Tensor]:
+    """(||student - teacher||^2, ||teacher||^2 detached) over the batch."""
+    return ((student - teacher) ** 2).sum(), (teacher.detach() ** 2).sum()
+
+
 def step_loss(student: Tensor, teacher: Tensor) -> Tensor:
     """||student - teacher||^2 / ||teacher||^2 over the batch (denominator detached)."""
-    return ((student - teacher) ** 2).sum() / (teacher.detach() ** 2).sum().clamp_min(1e-30)
+    error, scale = step_error(student, teacher)
+    return error / scale.clamp_min(1e-30)
+
+
+def combine_steps(errors: list[Tensor], scales: list[Tensor], weighting: str) -> Tensor:
+    """Mean of the per-step relative errors ("per_step"), or their sums' ratio ("global")."""
+    errors_t, scales_t = torch.stack(errors), torch.stack(scales)
+    if weighting == "global":
+        return errors_t.sum() / scales_t.sum().clamp_min(1e-30)
+    return (errors_t / scales_t.clamp_min(1e-30)).mean()
 
 
 def closed_form_phi(student_score: Tensor, teacher_score: Tensor) -> Tensor:
@@ -186,12 +209,14 @@ def lsd_loss(
         x0 = relaxed_start(x_teacher, round(cfg.relax * L), V, generator)
         sample(denoiser, x0, ts.detach(), path, cfg.solver, phi=phi.detach(), noise=noise_s,
                callback=lambda info: student_probs.append(masked_probs(info, V)))
-    losses = []
+    errors, scales = [], []
     for k in range(M):
         kappa_k = ts[k] - ts[k + 1]
         a_k = (phi[k] * kappa_k * path.unmask_rate(ts[k])).float() * student_probs[k]
-        losses.append(step_loss(a_k, integral.target(k, ts[k], kappa_k)))
-    return torch.stack(losses).mean()
+        error, scale = step_error(a_k, integral.target(k, ts[k], kappa_k))
+        errors.append(error)
+        scales.append(scale)
+    return combine_steps(errors, scales, cfg.weighting)
 
 
 # ----------------------------------------------------------------------------------------
@@ -204,7 +229,8 @@ def make_spec(phi: Tensor, ts: Tensor, path: LogLinearMaskPath, cfg: LSDConfig, 
     """A `masked_discrete` sampler spec: ts [M + 1] (kappa_k = ts[k] - ts[k+1]), coeffs = Phi [M]."""
     provenance = {
         "method": "lsd+" if cfg.learn_steps else "lsd", "model_id": model_id, "teacher_steps": cfg.teacher_steps,
-        "loss": "per-step ||Phi s - s*||^2 / ||s*||^2 (integrated scores)", "coupling": cfg.coupling,
+        "loss": ("per-step ||Phi s - s*||^2 / ||s*||^2" if cfg.weighting == "per_step" else
+                 "sum_k ||Phi s - s*||^2 / sum_k ||s*||^2") + " (integrated scores)", "coupling": cfg.coupling,
         "relax": cfg.relax, "iters_done": len(losses), "final_loss": losses[-1] if losses else None,
         "config": asdict(cfg),
     }

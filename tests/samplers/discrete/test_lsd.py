@@ -143,3 +143,18 @@ def test_baseline_spec_matches_plain_sampling():
     a = sample_with_spec(CHAIN.denoiser(), baseline_spec(4, "tau_leaping"), 8, 6, noise=noise)
     b = sample(CHAIN.denoiser(), all_masked(8, 6, 5), uniform_grid(4), PATH, "tau_leaping", noise=noise).x
     assert torch.equal(a, b)
+
+
+def test_global_weighting_is_the_jump_mass_weighted_mean_of_per_step_errors():
+    from fewstep.samplers.discrete.lsd import combine_steps
+
+    errors = [torch.tensor(0.5), torch.tensor(2.0), torch.tensor(0.1)]
+    scales = [torch.tensor(1.0), torch.tensor(8.0), torch.tensor(1.0)]
+    per_step = combine_steps(errors, scales, "per_step")
+    assert float(per_step) == pytest.approx((0.5 + 0.25 + 0.1) / 3)
+    weights = torch.stack(scales) / sum(scales)
+    relative = torch.stack(errors) / torch.stack(scales)
+    assert float(combine_steps(errors, scales, "global")) == pytest.approx(float((weights * relative).sum()))
+    assert float(combine_steps(errors[:1], scales[:1], "global")) == pytest.approx(float(combine_steps(errors[:1], scales[:1], "per_step")))
+    with pytest.raises(ValueError, match="weighting"):
+        LSDConfig(num_steps=4, seq_len=8, weighting="mass").validate()
