@@ -6,7 +6,8 @@
 Mixture: RMS error against the exact ODE endpoint on 256 held-out noises, for the best
 analytic DPM-Solver++(2M) grid, the BOSS-for-2M grid, the learned grid (LD3-like) and learned
 grid + weights (LSD+-like), beside the best of diffusers' DPMSolverMultistep / UniPC / DEIS on
-the same model and noise. Students are fitted to a 200-step DPM-Solver++(3M) teacher on 2048
+the same model and noise; the last learned row also decouples each step's model evaluation time
+from the grid (LD3, Tong et al. 2024). Students are fitted to a 200-step DPM-Solver++(3M) teacher on 2048
 training noises (a quarter held back for validation; 600 Adam iterations, batch 128). Each
 learned row tries DPM-Solver++(2M) and (3M) bases, each started from the best analytic grid
 and from the logSNR grid, and keeps the candidate with the lowest *validation* error (never
@@ -26,6 +27,9 @@ from fewstep.samplers.evaluation import benchmark_mixture, benchmark_path, exact
 from fewstep.samplers.learned import fit_sampler, teacher_outputs
 
 NFES = [3, 4, 5, 6, 8, 10]
+#: (row label, fit_sampler `learn`, learn_eval_times)
+LEARNED_ROWS = [("learned grid (LD3-like)", "grid", False), ("learned grid + weights (LSD+-like)", "both", False),
+                ("learned grid + weights + evaluation times (LD3 decoupling)", "both", True)]
 
 
 def best_diffusers(kind: str, model, noise: torch.Tensor, target: torch.Tensor, nfe: int) -> tuple[str, float]:
@@ -59,22 +63,23 @@ def mixture_part(iterations: int) -> str:
             rows.setdefault("DPM-Solver++(2M), best analytic grid", {})[nfe] = f"{analytic[best_schedule]:.3f} ({best_schedule})"
             boss = boss_schedule(denoiser, [train[:256]], nfe, fine, step_rule="dpmpp_2m")
             rows.setdefault("DPM-Solver++(2M), BOSS-for-2M grid", {})[nfe] = f"{rmse(sample(denoiser, test, boss.ts, 'dpmpp_2m').x, test_target):.3f}"
-            for learn in ["grid", "both"]:
+            for label, learn, eval_times in LEARNED_ROWS:
                 start = time.perf_counter()
                 candidates = []
                 for solver in ["dpmpp_2m", "dpmpp_3m"]:
                     for init in dict.fromkeys([best_schedule, "logsnr"]):
                         _, history = fit_sampler(denoiser, nfe, train, targets, solver=solver, learn=learn, init_schedule=init,
-                                                 iterations=iterations, batch_size=128, heldout=(test, test_target))
+                                                 iterations=iterations, batch_size=128, heldout=(test, test_target),
+                                                 learn_eval_times=eval_times)
                         candidates.append((history.validation_error, history.heldout_after, f"{solver[-2:].upper()}, {init}"))
                 fit_seconds.append((time.perf_counter() - start) / len(candidates))
                 _, test_error, chosen = min(candidates)
-                label = "learned grid (LD3-like)" if learn == "grid" else "learned grid + weights (LSD+-like)"
                 rows.setdefault(label, {})[nfe] = f"{test_error:.3f} ({chosen})"
             peer, peer_err = best_diffusers(kind, model, test, test_target, nfe)
             rows.setdefault("best diffusers scheduler", {})[nfe] = f"{peer_err:.3f} ({peer.split('(')[0]})"
-            learned = float(rows["learned grid + weights (LSD+-like)"][nfe].split()[0])
-            rows.setdefault("**best diffusers / learned (grid + weights)**", {})[nfe] = f"{peer_err / learned:.2f}x"
+            for label, _, _ in LEARNED_ROWS[1:]:
+                learned = float(rows[label][nfe].split()[0])
+                rows.setdefault(f"**best diffusers / {label.split(' (')[0]}**", {})[nfe] = f"{peer_err / learned:.2f}x"
             print(kind, nfe, {k: v[nfe] for k, v in rows.items()}, flush=True)
         out.append(f"\n#### {kind}: RMS error vs exact ODE endpoint, 256 held-out noises\n")
         out.append("| sampler | " + " | ".join(f"NFE {n}" for n in NFES) + " |")
@@ -84,7 +89,10 @@ def mixture_part(iterations: int) -> str:
     return "\n".join(out)
 
 
-def mnist_part(iterations: int, num_images: int) -> str:
+MNIST_VARIANTS = {"grid": ("grid", False), "both": ("both", False), "both+eval": ("both", True)}
+
+
+def mnist_part(iterations: int, num_images: int, variants: list[str]) -> str:
     from fewstep.pipelines.loading import load_teacher
     from fewstep.pipelines.scoring import MnistScorer, generate_images, rms_pixel_error
     from fewstep.metrics.mnist import assets_dir
@@ -103,14 +111,15 @@ def mnist_part(iterations: int, num_images: int) -> str:
     ref_scores = scorer.score(ref_images, labels)
     lines.append(f"| 32 | DPM-Solver++(3M) reference | {ref_scores.fid:.2f} | {100 * ref_scores.accuracy:.1f}% | 0 | |")
     for nfe in [3, 4, 6]:
-        candidates = {"DPM-Solver++(2M), uniform": (get_schedule("uniform", teacher.path, nfe), None, "")}
-        for learn in ["grid", "both"]:
+        candidates = {"DPM-Solver++(2M), uniform": (get_schedule("uniform", teacher.path, nfe), None, None, "")}
+        for variant in variants:
+            learn, eval_times = MNIST_VARIANTS[variant]
             start = time.perf_counter()
             spec, _ = fit_sampler(teacher.denoiser, nfe, noise, targets, learn=learn, init_schedule="uniform",
-                                  iterations=iterations, batch_size=32, cond=cond)
-            candidates[f"learned {learn}"] = (spec.ts, spec.coeffs, f"{time.perf_counter() - start:.0f} s")
-        for label, (ts, coeffs, fit_time) in candidates.items():
-            images, labels, _ = generate_images(teacher, ts, "dpmpp_2m", num_images, seed=0, coeffs=coeffs)
+                                  iterations=iterations, batch_size=32, cond=cond, learn_eval_times=eval_times)
+            candidates[f"learned {variant}"] = (spec.ts, spec.coeffs, spec.eval_ts, f"{time.perf_counter() - start:.0f} s")
+        for label, (ts, coeffs, eval_ts, fit_time) in candidates.items():
+            images, labels, _ = generate_images(teacher, ts, "dpmpp_2m", num_images, seed=0, coeffs=coeffs, eval_ts=eval_ts)
             scores = scorer.score(images, labels)
             err = rms_pixel_error(images, ref_images)
             lines.append(f"| {nfe} | {label} | {scores.fid:.2f} | {100 * scores.accuracy:.1f}% | {err:.3f} | {fit_time} |")
@@ -122,12 +131,13 @@ def main() -> None:
     parser.add_argument("--part", choices=["mixture", "mnist"], default="mixture")
     parser.add_argument("--iterations", type=int, default=600)
     parser.add_argument("--images", type=int, default=500)
+    parser.add_argument("--mnist-variants", nargs="+", choices=list(MNIST_VARIANTS), default=list(MNIST_VARIANTS))
     args = parser.parse_args()
     import sys
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).parent))
-    print(mixture_part(args.iterations) if args.part == "mixture" else mnist_part(args.iterations, args.images))
+    print(mixture_part(args.iterations) if args.part == "mixture" else mnist_part(args.iterations, args.images, args.mnist_variants))
 
 
 if __name__ == "__main__":

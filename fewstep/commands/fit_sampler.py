@@ -19,6 +19,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, required=True, help="output sampler spec (.safetensors)")
     parser.add_argument("--solver", default="dpmpp_2m", choices=["ddim", "dpmpp_2m", "dpmpp_3m", "dpmpp_3m_o3"])
     parser.add_argument("--learn", default="both", choices=["grid", "weights", "both"])
+    parser.add_argument("--eval-times", action="store_true",
+                        help="also learn each step's model evaluation time, decoupled from the grid (LD3-style)")
     parser.add_argument("--init-schedule", default="uniform", help="starting grid (default uniform)")
     parser.add_argument("--teacher-steps", type=int, default=100, help="teacher DPM-Solver++(3M) steps (default 100)")
     parser.add_argument("--noises", type=int, default=256, help="training noises (default 256)")
@@ -50,11 +52,13 @@ def run(args) -> int:
         teacher.denoiser, args.steps, noise[train], targets[train], solver=args.solver, learn=args.learn,
         init_schedule=args.init_schedule, iterations=args.iterations, batch_size=args.batch_size,
         ball_radius=args.ball_radius, heldout=(noise[held], targets[held]) if args.heldout else None,
-        seed=args.seed, cond={k: v[train] for k, v in cond.items()}, progress=True,
+        seed=args.seed, cond={k: v[train] for k, v in cond.items()}, progress=True, learn_eval_times=args.eval_times,
     )
     spec.provenance.update(teacher=str(args.pipeline), teacher_steps=args.teacher_steps)
     spec.save(args.out)
     grid = ", ".join(f"{float(t):.3f}" for t in spec.ts)
+    if spec.eval_ts is not None:
+        grid += "\n  model evaluated at t: " + ", ".join(f"{float(t):.3f}" for t in spec.eval_ts)
     print(f"{args.solver}, M={args.steps}, learned {args.learn} in {history.seconds:.1f} s\n  t: {grid}\n"
           f"  held-out RMS error vs the {args.teacher_steps}-step teacher: {history.heldout_before:.4g} -> "
           f"{history.heldout_after:.4g}" + (f"\n  {history.stopped_early}" if history.stopped_early else "")

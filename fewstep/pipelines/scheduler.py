@@ -36,7 +36,7 @@ _SPEC_FILE = "sampler_spec.safetensors"
 class _StepTable:
     """Python-float coefficients of one step (precomputed in `set_timesteps`)."""
 
-    alpha: float
+    alpha: float  # at the model's evaluation time (reads the model output as x0)
     sigma: float
     x_coef: float
     m_coefs: list[float]
@@ -258,16 +258,17 @@ class FewStepScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError("pass either timesteps or sigmas, not both")
         if self.path.kind == "flow" and self.config.use_dynamic_shifting and mu is None and timesteps is None:
             raise ValueError("this flow scheduler uses dynamic shifting: pass mu=... (the pipeline computes it from the image size)")
-        coeffs = None
+        coeffs = eval_ts = None
         if self.sampler_spec is not None:
             ts, coeffs = self._grid_from_spec(num_inference_steps, timesteps, sigmas)
+            eval_ts = self.sampler_spec.eval_ts
         elif timesteps is not None:
             ts = self._grid_from_timesteps(timesteps)
         elif sigmas is not None:
             ts = self._grid_from_sigmas(sigmas, mu)
         else:
             ts = self._grid_from_schedule(num_inference_steps, mu)
-        self._install_grid(validate_grid(ts), device, coeffs)
+        self._install_grid(validate_grid(ts), device, coeffs, eval_ts)
 
     def _grid_from_spec(self, num_inference_steps, timesteps, sigmas) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The spec's grid; a step count implied by the pipeline must match the spec's."""
@@ -310,22 +311,29 @@ class FewStepScheduler(SchedulerMixin, ConfigMixin):
             ts = torch.cat([ts, torch.tensor([self._final_point()], dtype=torch.float64)])
         return ts
 
-    def _install_grid(self, ts: torch.Tensor, device, coeffs: torch.Tensor | None = None) -> None:
-        """Store the grid and precompute every step's coefficients as Python floats."""
+    def _install_grid(self, ts: torch.Tensor, device, coeffs: torch.Tensor | None = None,
+                      eval_ts: torch.Tensor | None = None) -> None:
+        """Store the grid and precompute every step's coefficients as Python floats.
+
+        With `eval_ts` (a spec with decoupled evaluation times) the pipeline is handed those
+        times as `timesteps` and the model output is read at them; the step still runs on `ts`.
+        """
         self.ts = ts
         self.num_inference_steps = ts.numel() - 1
-        model_times = self.path.model_time(ts[:-1])
+        eval_ts = ts[:-1] if eval_ts is None else eval_ts
+        model_times = self.path.model_time(eval_ts)
         if self.path.discrete:
             self.timesteps = model_times.to(device=device, dtype=torch.int64)
         else:
             self.timesteps = model_times.to(device=device, dtype=torch.float32)
         alphas, sigmas = self.path.alpha_sigma(ts)
         self.sigmas = (ts if self.path.kind == "flow" else sigmas / alphas).to(torch.float32)
+        eval_alphas, eval_sigmas = self.path.alpha_sigma(eval_ts)
         plans = self.solver.plan(ts, self.path)
         self._table = [
             _StepTable(
-                alpha=float(alphas[i]),
-                sigma=float(sigmas[i]),
+                alpha=float(eval_alphas[i]),
+                sigma=float(eval_sigmas[i]),
                 x_coef=float(plan.x_coef),
                 m_coefs=[float(c) for c in plan.d_coef * (plan.weights if coeffs is None else coeffs[i, : plan.order])],
                 noise_coef=None if plan.noise_coef is None else float(plan.noise_coef),

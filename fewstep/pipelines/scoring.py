@@ -39,8 +39,11 @@ def generate_images(
     coeffs: Tensor | None = None,
     guidance_scale: float = 1.0,
     device: str | torch.device = "cpu",
+    eval_ts: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, int]:
-    """(uint8 images [N, C, H, W], labels [N], NFE per image) from the same seeded noise every call."""
+    """(uint8 images [N, C, H, W], labels [N], NFE per image) from the same seeded noise every call.
+
+    `coeffs` / `eval_ts` come from a learned sampler spec (see `fewstep.samplers.sample`)."""
     generator = torch.Generator().manual_seed(seed)
     noise = torch.randn((num_images, *teacher.sample_shape), generator=generator)
     cond = teacher.class_labels(num_images)
@@ -53,7 +56,7 @@ def generate_images(
             if guidance_scale != 1.0 and cond:  # CFG with the null class (index num_classes)
                 null = torch.full_like(batch_cond["class_labels"], teacher.num_classes)
                 denoiser = CFGDenoiser(denoiser, guidance_scale, {"class_labels": null})
-            out = sample(denoiser, noise[sl].to(device), ts, solver, coeffs=coeffs, **batch_cond)
+            out = sample(denoiser, noise[sl].to(device), ts, solver, coeffs=coeffs, eval_ts=eval_ts, **batch_cond)
             images.append(to_uint8(out.x))
             nfe = out.nfe
     labels = cond.get("class_labels", torch.zeros(num_images, dtype=torch.long)).cpu()

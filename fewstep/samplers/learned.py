@@ -9,7 +9,9 @@ random ball around the teacher's noise (LD3's relaxation), which regularises the
 Grid parameterisation: the interior points are placed in log-SNR between the path's finite
 ends by a softmax over M increments, so the grid stays strictly decreasing; the first point
 (t = 1) and the last (t = 0) are fixed. Weights are the analytic DPM-Solver++ weights of the
-current grid plus a learned correction that starts at zero.
+current grid plus a learned correction that starts at zero. Evaluation times (optional,
+LD3's "decoupled" time steps, Tong et al. 2024): step k asks the model about time t'_k whose
+log-SNR is lam(t_k) + delta_k, delta starting at zero, while the solver still steps t_k -> t_{k+1}.
 """
 
 from __future__ import annotations
@@ -74,6 +76,22 @@ class LearnedWeights(nn.Module):
         return torch.stack(rows)
 
 
+class LearnedEvalTimes(nn.Module):
+    """Model evaluation times [M]: the grid's times shifted by learned log-SNR offsets (zero at start)."""
+
+    def __init__(self, path: NoisePath, num_steps: int, learn: bool = True):
+        super().__init__()
+        self.path = path
+        self.delta = nn.Parameter(torch.zeros(num_steps, dtype=torch.float64), requires_grad=learn)
+
+    def forward(self, ts: Tensor) -> Tensor:
+        """eval_ts [M] for the grid ts [M + 1]; exactly ts[:-1] while every offset is zero."""
+        t = ts[:-1].clamp(self.path.t_lo_finite, self.path.t_hi_finite)
+        lam = self.path.lam(t)
+        ratio = self.path.t_of_lam(lam + self.delta) / self.path.t_of_lam(lam)  # exactly 1 at delta = 0
+        return (ts[:-1] * ratio).clamp(max=1.0)
+
+
 @dataclass
 class FitHistory:
     """Training curve and held-out errors (RMS over coordinates) before and after fitting."""
@@ -124,10 +142,13 @@ def fit_sampler(
     validation_fraction: float = 0.25,
     validate_every: int = 20,
     cosine_decay: bool = False,
+    learn_eval_times: bool = False,
+    lr_eval_times: float = 0.02,
 ) -> tuple[SamplerSpec, FitHistory]:
     """Fit an M-step sampler to teacher samples `targets` from `noise` [N, ...]; returns a spec and history.
 
-    learn: "grid" (LD3-like), "weights" (S4S-like) or "both" (LSD+-like). A `validation_fraction`
+    learn: "grid" (LD3-like), "weights" (S4S-like) or "both" (LSD+-like); `learn_eval_times` also
+    decouples each step's model evaluation time from the grid (LD3's decoupling). A `validation_fraction`
     of the pairs is held back; every `validate_every` iterations the sampler with the lowest
     validation error so far is kept (the analytic starting point included), so fitting never
     returns something worse than where it started on data it did not train on. With
@@ -145,8 +166,11 @@ def fit_sampler(
         raise ValueError("fit_sampler learns multistep ODE solvers: ddim, dpmpp_2m, dpmpp_3m, dpmpp_3m_o3")
     grid = LearnedGrid(path, get_schedule(init_schedule, path, num_steps, final="zero"), learn=learn in ("grid", "both"))
     weights = LearnedWeights(solver_obj, num_steps, learn=learn in ("weights", "both"))
+    eval_times = LearnedEvalTimes(path, num_steps, learn=learn_eval_times)
     groups = [{"params": [grid.logits], "lr": lr_grid}] if grid.logits.requires_grad else []
     groups += [{"params": [weights.delta], "lr": lr_weights}] if weights.delta.requires_grad else []
+    groups += [{"params": [eval_times.delta], "lr": lr_eval_times}] if learn_eval_times else []
+    modules = {"grid": grid, "weights": weights, "eval_times": eval_times}
     optimizer = torch.optim.Adam(groups)
     decay = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(iterations, 1)) if cosine_decay and groups else None
     loss_fn = loss_fn or (lambda a, b: (a - b).pow(2).mean())
@@ -155,7 +179,8 @@ def fit_sampler(
 
     def student(x: Tensor, c: dict[str, Tensor]) -> Tensor:
         ts = grid()
-        return sample(denoiser, x, ts, solver_obj, coeffs=weights(ts, path), **c).x
+        eval_ts = eval_times(ts) if learn_eval_times else None
+        return sample(denoiser, x, ts, solver_obj, coeffs=weights(ts, path), eval_ts=eval_ts, **c).x
 
     def evaluate() -> float:
         if heldout is None:
@@ -169,9 +194,8 @@ def fit_sampler(
     noise, targets, val_noise, val_targets = noise[: val.start], targets[: val.start], noise[val], targets[val]
     val_cond, cond = {k: v[val] for k, v in cond.items()}, {k: v[: val.start] for k, v in cond.items()}
 
-    def snapshot() -> tuple[dict, dict]:
-        return ({k: v.detach().clone() for k, v in grid.state_dict().items()},
-                {k: v.detach().clone() for k, v in weights.state_dict().items()})
+    def snapshot() -> dict[str, dict]:
+        return {name: {k: v.detach().clone() for k, v in module.state_dict().items()} for name, module in modules.items()}
 
     def validation_error() -> float:
         if num_val == 0:
@@ -213,16 +237,18 @@ def fit_sampler(
                 best_state, best_val = snapshot(), error
     if history.stopped_early and num_val == 0:
         best_state = last_good
-    grid.load_state_dict(best_state[0])
-    weights.load_state_dict(best_state[1])
+    for name, module in modules.items():
+        module.load_state_dict(best_state[name])
     history.seconds = time.perf_counter() - start
     history.validation_error = best_val if num_val else math.nan
     history.heldout_after = evaluate()
     with torch.no_grad():
         ts = grid()
         coeffs = weights(ts, path)
-    spec = SamplerSpec.from_grid(solver, ts, path, coeffs=coeffs, provenance={
-        "method": "learned_sampler", "learn": learn, "init_schedule": init_schedule, "iterations": len(history.losses),
+        eval_ts = eval_times(ts) if learn_eval_times else None
+    spec = SamplerSpec.from_grid(solver, ts, path, coeffs=coeffs, eval_ts=eval_ts, provenance={
+        "method": "learned_sampler", "learn": learn, "learn_eval_times": learn_eval_times,
+        "init_schedule": init_schedule, "iterations": len(history.losses),
         "ball_radius": ball_radius, "heldout_rmse_before": history.heldout_before,
         "heldout_rmse_after": history.heldout_after, "fit_seconds": round(history.seconds, 2),
     })

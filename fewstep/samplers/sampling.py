@@ -55,18 +55,23 @@ def sample(
     callback: Callable[[StepInfo], Any] | None = None,
     generator: torch.Generator | None = None,
     progress: bool = False,
+    eval_ts: Tensor | None = None,
     **cond: Any,
 ) -> SampleOutput:
     """Integrate from x at ts[0] down the grid ts [n + 1] with `solver`; x may have any shape [B, ...].
 
     `coeffs` ([n, max_order] or a list of per-step tensors) replaces the solver's analytic
-    weights (learned samplers). `cond` is passed to the denoiser (class labels, embeddings).
-    The update arithmetic runs in at least float32; the result is cast back to x's dtype.
+    weights (learned samplers). `eval_ts` [n] (multistep solvers) decouples the time the model
+    is told from the grid: step i evaluates the denoiser at eval_ts[i] instead of ts[i] (LD3's
+    decoupled time steps, Tong et al. 2024); the step itself still runs ts[i] -> ts[i+1].
+    `cond` is passed to the denoiser (class labels, embeddings). The update arithmetic runs in
+    at least float32; the result is cast back to x's dtype.
     """
     solver = get_solver(solver) if isinstance(solver, str) else solver
     ts = validate_grid(ts)
     if coeffs is not None and len(coeffs) != ts.numel() - 1:
         raise ValueError(f"coeffs has {len(coeffs)} rows for {ts.numel() - 1} steps; fit it for this step count")
+    check_eval_ts(eval_ts, ts, solver)
     plans = solver.plan(ts, denoiser.path)
     out_dtype = x.dtype
     x = x.to(torch.promote_types(x.dtype, torch.float32))
@@ -85,7 +90,7 @@ def sample(
         steps = tqdm(steps, desc=f"{solver.name}", unit="step")
     for i in steps:
         plan = plans[i]
-        x0_hat = denoise(x, plan.t)
+        x0_hat = denoise(x, plan.t if eval_ts is None else eval_ts[i])
         history = [x0_hat] + history[: solver.order - 1]
         if plan.stages:  # singlestep solvers evaluate their intermediate points
             ms = [x0_hat]
@@ -101,6 +106,18 @@ def sample(
         if callback is not None:
             callback(StepInfo(i, float(plan.t), float(plan.t_next), x, x0_hat, nfe))
     return SampleOutput(x.to(out_dtype), nfe)
+
+
+def check_eval_ts(eval_ts: Tensor | None, ts: Tensor, solver: Solver) -> None:
+    """Raise ValueError unless `eval_ts` is None or [n] finite times in (0, 1] for a multistep solver."""
+    if eval_ts is None:
+        return
+    if solver.kind != "multistep":
+        raise ValueError(f"eval_ts (decoupled evaluation times) needs a multistep solver, not {solver.name!r}")
+    if eval_ts.ndim != 1 or eval_ts.numel() != ts.numel() - 1:
+        raise ValueError(f"eval_ts has shape {tuple(eval_ts.shape)}; need one time per step, [{ts.numel() - 1}]")
+    if not bool(torch.isfinite(eval_ts).all()) or bool((eval_ts <= 0).any()) or bool((eval_ts > 1).any()):
+        raise ValueError(f"eval_ts must be finite times in (0, 1], got {eval_ts.tolist()}")
 
 
 def reference_solution(

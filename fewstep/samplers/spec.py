@@ -2,7 +2,7 @@
 
 A spec is what BOSS (optimised grids), LSD / LSD+ (learned coefficients and steps) and any
 hand-made grid produce. It loads into `fewstep.samplers.sample` (`spec.ts`, `spec.coeffs`,
-`spec.solver`) and into `FewStepScheduler(spec=...)`. Tensors go in the safetensors body;
+`spec.solver`, `spec.eval_ts`) and into `FewStepScheduler(spec=...)`. Tensors go in the safetensors body;
 everything else is JSON in its metadata; nothing is ever unpickled.
 """
 
@@ -20,14 +20,17 @@ from torch import Tensor
 
 from ..io import write_atomic
 from .paths import NoisePath, path_from_config
+from .sampling import check_eval_ts
 from .schedules import validate_grid
+from .solvers import get_solver
 
 SPEC_FORMAT = "fewstep-sampler-spec/1"
 
 
 @dataclass
 class SamplerSpec:
-    """A solver + grid `ts` [n + 1] + optional per-step weights `coeffs` [n, k], with provenance."""
+    """A solver + grid `ts` [n + 1] + optional per-step weights `coeffs` [n, k] and model evaluation
+    times `eval_ts` [n] (decoupled from the grid), with provenance."""
 
     solver: str
     ts: Tensor
@@ -36,6 +39,7 @@ class SamplerSpec:
     kind: str = "continuous"
     provenance: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Tensor] = field(default_factory=dict)
+    eval_ts: Tensor | None = None
 
     def __post_init__(self) -> None:
         self.ts = torch.as_tensor(self.ts, dtype=torch.float64).detach().cpu()
@@ -47,6 +51,9 @@ class SamplerSpec:
                 raise ValueError(f"coeffs has {self.coeffs.shape[0]} rows for a {self.num_steps}-step grid")
             if not bool(torch.isfinite(self.coeffs).all()):
                 raise ValueError("coeffs contain NaN/inf; refusing to build the spec")
+        if self.eval_ts is not None:
+            self.eval_ts = torch.as_tensor(self.eval_ts, dtype=torch.float64).detach().cpu()
+            check_eval_ts(self.eval_ts, self.ts, get_solver(self.solver))
 
     @property
     def num_steps(self) -> int:
@@ -84,6 +91,8 @@ class SamplerSpec:
         tensors = {"ts": self.ts.contiguous()}
         if self.coeffs is not None:
             tensors["coeffs"] = self.coeffs.contiguous()
+        if self.eval_ts is not None:
+            tensors["eval_ts"] = self.eval_ts.contiguous()
         for name, value in self.extra.items():
             tensors[f"extra.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
         provenance = {"created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **self.provenance}
@@ -114,6 +123,7 @@ class SamplerSpec:
         return cls(
             solver=header["solver"], ts=tensors["ts"], path=header["path"], coeffs=tensors.get("coeffs"),
             kind=header.get("kind", "continuous"), provenance=header.get("provenance", {}), extra=extra,
+            eval_ts=tensors.get("eval_ts"),
         )
 
 

@@ -3,7 +3,7 @@
 import torch
 
 from fewstep.samplers import DiscreteVPPath, GaussianMixture, RectifiedFlowPath, get_schedule, get_solver, sample
-from fewstep.samplers.learned import LearnedGrid, LearnedWeights, fit_sampler, teacher_outputs
+from fewstep.samplers.learned import LearnedEvalTimes, LearnedGrid, LearnedWeights, fit_sampler, teacher_outputs
 from fewstep.samplers.spec import SamplerSpec
 
 MIXTURE = GaussianMixture.random(4, 8, std=0.2, seed=0)
@@ -69,3 +69,83 @@ def test_validation_selection_never_returns_worse_than_the_start():
         fitted = sample(denoiser, noise[val], spec.ts, spec.solver, coeffs=spec.coeffs).x
         analytic = sample(denoiser, noise[val], start, "dpmpp_2m").x
     assert (fitted - targets[val]).pow(2).mean() <= (analytic - targets[val]).pow(2).mean() + 1e-12
+
+
+def test_zero_evaluation_offsets_reproduce_the_grid_bit_for_bit():
+    for path in (DiscreteVPPath.from_betas("linear"), RectifiedFlowPath()):
+        ts = get_schedule("uniform", path, 5)
+        eval_ts = LearnedEvalTimes(path, 5)(ts)
+        assert torch.equal(eval_ts, ts[:-1])
+        x = torch.randn(6, 8, dtype=torch.float64)
+        denoiser = MIXTURE.denoiser(path)
+        assert torch.equal(sample(denoiser, x, ts, "dpmpp_2m", eval_ts=eval_ts).x, sample(denoiser, x, ts, "dpmpp_2m").x)
+
+
+def test_evaluation_times_are_used_and_receive_gradients():
+    path = RectifiedFlowPath()
+    calls = []
+    denoiser = MIXTURE.denoiser(path)
+
+    class Recording:
+        def __init__(self):
+            self.path = path
+
+        def __call__(self, x, t, **cond):
+            calls.append(float(torch.as_tensor(t).detach()))
+            return denoiser(x, t, **cond)
+
+    ts = get_schedule("uniform", path, 3)
+    times = LearnedEvalTimes(path, 3)
+    with torch.no_grad():
+        times.delta.copy_(torch.tensor([0.5, -0.3, 0.2], dtype=torch.float64))
+    eval_ts = times(ts)
+    x = torch.randn(4, 8, dtype=torch.float64)
+    out = sample(Recording(), x, ts, "dpmpp_2m", eval_ts=eval_ts).x
+    assert calls == [float(t) for t in eval_ts.detach()]
+    # a positive offset (higher log-SNR) asks about a less noisy time, a negative one about a noisier time
+    assert eval_ts[0] < ts[0] and eval_ts[1] > ts[1] and eval_ts[2] < ts[2]
+    out.pow(2).sum().backward()
+    assert times.delta.grad is not None and bool((times.delta.grad != 0).all())
+
+
+def test_learned_evaluation_times_fit_and_round_trip_through_spec_and_scheduler(tmp_path):
+    from fewstep import FewStepScheduler
+
+    path = RectifiedFlowPath()
+    denoiser = MIXTURE.denoiser(path)
+    train = torch.randn(128, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    test = torch.randn(64, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    targets, test_targets = teacher_outputs(denoiser, train, 60), teacher_outputs(denoiser, test, 60)
+    spec, history = fit_sampler(denoiser, 3, train, targets, learn="both", init_schedule="uniform",
+                                iterations=40, heldout=(test, test_targets), learn_eval_times=True)
+    assert spec.eval_ts is not None and not torch.equal(spec.eval_ts, spec.ts[:-1])
+    assert history.heldout_after < 0.8 * history.heldout_before
+    loaded = SamplerSpec.load(spec.save(tmp_path / "decoupled.safetensors"))
+    assert torch.equal(loaded.eval_ts, spec.eval_ts)
+    with torch.no_grad():
+        reference = sample(denoiser, test, loaded.ts, loaded.solver, coeffs=loaded.coeffs, eval_ts=loaded.eval_ts).x
+    # the diffusers-style loop: the model is asked at the scheduler's timesteps, step() integrates on the grid
+    scheduler = FewStepScheduler(prediction_type="flow_prediction", spec=str(tmp_path / "decoupled.safetensors"))
+    scheduler.set_timesteps(3)
+    x = test.clone()
+    for timestep in scheduler.timesteps:
+        t = float(timestep) / scheduler.config.num_train_timesteps
+        x0 = denoiser(x, torch.tensor(t, dtype=torch.float64))
+        velocity = (x - x0) / t  # flow_prediction output eps - x0 recovered from x = (1 - t) x0 + t eps
+        x = scheduler.step(velocity, timestep, x).prev_sample
+    torch.testing.assert_close(x, reference, rtol=1e-4, atol=1e-4)
+
+
+def test_eval_times_are_checked():
+    import pytest
+
+    path = RectifiedFlowPath()
+    ts = get_schedule("uniform", path, 3)
+    x = torch.randn(2, 8, dtype=torch.float64)
+    denoiser = MIXTURE.denoiser(path)
+    with pytest.raises(ValueError, match="one time per step"):
+        sample(denoiser, x, ts, "dpmpp_2m", eval_ts=ts)
+    with pytest.raises(ValueError, match="multistep"):
+        sample(denoiser, x, ts, "heun", eval_ts=ts[:-1])
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        sample(denoiser, x, ts, "dpmpp_2m", eval_ts=torch.tensor([1.0, 0.5, float("nan")], dtype=torch.float64))
