@@ -9,6 +9,14 @@ from fewstep.samplers.spec import SamplerSpec
 MIXTURE = GaussianMixture.random(4, 8, std=0.2, seed=0)
 
 
+def flow_fitting_problem():
+    """(exact flow denoiser, 128 training noises, their 60-step teacher samples, 64 test noises, theirs)."""
+    denoiser = MIXTURE.denoiser(RectifiedFlowPath())
+    train = torch.randn(128, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    test = torch.randn(64, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    return denoiser, train, teacher_outputs(denoiser, train, 60), test, teacher_outputs(denoiser, test, 60)
+
+
 def test_initialisation_equals_analytic_solver():
     path = DiscreteVPPath.from_betas("linear")
     init = get_schedule("uniform", path, 6)
@@ -25,11 +33,7 @@ def test_initialisation_equals_analytic_solver():
 
 
 def test_fitting_lowers_heldout_error_and_spec_reproduces_samples(tmp_path):
-    path = RectifiedFlowPath()
-    denoiser = MIXTURE.denoiser(path)
-    train = torch.randn(128, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    test = torch.randn(64, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
-    targets, test_targets = teacher_outputs(denoiser, train, 60), teacher_outputs(denoiser, test, 60)
+    denoiser, train, targets, test, test_targets = flow_fitting_problem()
     spec, history = fit_sampler(denoiser, 3, train, targets, learn="both", init_schedule="uniform",
                                 iterations=40, heldout=(test, test_targets))
     assert history.heldout_after < 0.8 * history.heldout_before
@@ -111,11 +115,7 @@ def test_evaluation_times_are_used_and_receive_gradients():
 def test_learned_evaluation_times_fit_and_round_trip_through_spec_and_scheduler(tmp_path):
     from fewstep import FewStepScheduler
 
-    path = RectifiedFlowPath()
-    denoiser = MIXTURE.denoiser(path)
-    train = torch.randn(128, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    test = torch.randn(64, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
-    targets, test_targets = teacher_outputs(denoiser, train, 60), teacher_outputs(denoiser, test, 60)
+    denoiser, train, targets, test, test_targets = flow_fitting_problem()
     spec, history = fit_sampler(denoiser, 3, train, targets, learn="both", init_schedule="uniform",
                                 iterations=40, heldout=(test, test_targets), learn_eval_times=True)
     assert spec.eval_ts is not None and not torch.equal(spec.eval_ts, spec.ts[:-1])
