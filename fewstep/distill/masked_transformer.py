@@ -33,6 +33,9 @@ class MaskedDiffusionTransformer(ModelMixin, ConfigMixin):
         super().__init__()
         self.token_embedding = nn.Embedding(vocab_size + 1, dim)
         self.position_embedding = nn.Parameter(torch.zeros(1, seq_len, dim))
+        # token and position embeddings on the same small scale (GPT-2 style); with nn.Embedding's
+        # N(0, 1) tokens drown the positions and training stalls at the unigram NELBO for a long time
+        nn.init.normal_(self.token_embedding.weight, std=0.02)
         nn.init.normal_(self.position_embedding, std=0.02)
         layer = nn.TransformerEncoderLayer(dim, num_heads, mlp_ratio * dim, dropout, activation="gelu",
                                            batch_first=True, norm_first=True)

@@ -54,19 +54,22 @@ def chain_config(run_dir, *overrides):
 
 
 def test_trainer_loop_trains_the_masked_model_and_exports_it(tmp_path):
+    """Through the loop the model learns the chain's context: its held-out NELBO falls well below the
+    unigram entropy (what a context-blind model reaches) and stays above the chain's exact entropy rate."""
     torch.manual_seed(0)
     data = get_dataset("markov", vocab_size=5, seq_len=8, n=512)
-    untrained = Trainer(chain_config(tmp_path / "probe", "max_steps=1")).ema_target()
-    before = nelbo(untrained, data.held_out(), repeats=2)[0]
-    result = train(chain_config(tmp_path / "run", "max_steps=80"))
+    frequencies = torch.bincount(data.sequences.flatten(), minlength=5).double() / data.sequences.numel()
+    unigram_entropy = float(-(frequencies * frequencies.log()).nan_to_num().sum())
+    exact = data.chain.entropy_per_token(8)
+    result = train(chain_config(tmp_path / "run", "max_steps=200"))
     assert sum(result.losses[-10:]) < sum(result.losses[:10])
     model = MaskedDiffusionTransformer.from_pretrained(str(result.pipeline)).eval()
-    after = nelbo(model, data.held_out(), repeats=2)[0]
-    assert after < before - 0.1
+    after, half = nelbo(model, data.held_out(), repeats=4)
+    assert exact - 3 * half < after < unigram_entropy - 0.2
     info = json.loads((result.pipeline / "data.json").read_text())
     assert info["corpus"] == data.corpus and info["model_id"] == model_fingerprint(model)
     assert info["held_out_nelbo_per_token"]["mean"] == pytest.approx(after, abs=0.1)
-    preview = (tmp_path / "run" / "samples" / "step_000080.txt").read_text().splitlines()
+    preview = (tmp_path / "run" / "samples" / "step_000200.txt").read_text().splitlines()
     assert len(preview) == 3 and all(len(line.strip("'").split()) == 8 for line in preview)
     x = MaskedDiffusion(model).sample(model, torch.zeros(6, dtype=torch.long), torch.Generator().manual_seed(0), num_steps=4)
     assert x.shape == (6, 8) and int(x.max()) < 5
