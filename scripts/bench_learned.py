@@ -89,7 +89,8 @@ def mixture_part(iterations: int) -> str:
     return "\n".join(out)
 
 
-MNIST_VARIANTS = {"grid": ("grid", False), "both": ("both", False), "both+eval": ("both", True)}
+MNIST_VARIANTS = {"grid": ("grid", False), "both": ("both", False), "grid+eval": ("grid", True),
+                  "both+eval": ("both", True)}
 
 
 def mnist_part(iterations: int, num_images: int, variants: list[str]) -> str:
