@@ -8,7 +8,7 @@ an upper bound on the data's negative log-likelihood per token (nats). `nelbo()`
 same bound on held-out data. The objective runs in the shared trainer loop
 (`objective.name=masked_diffusion`, `model.type=masked_transformer`, `data.name=text`); its
 previews are decoded text and its export is the model folder (`save_pretrained`) plus
-`vocabulary.json`.
+`data.json` (corpus id, model id, held-out NELBO).
 """
 
 from __future__ import annotations
@@ -54,6 +54,10 @@ class MaskedDiffusion(Objective):
     def __init__(self, model: nn.Module, eps: float = 1e-3) -> None:
         super().__init__({"model": model})
         self.path = LogLinearMaskPath(eps)
+        # set by check_data from the training dataset, when it provides them
+        self.decode: Callable[[Tensor], str] | None = None
+        self.held_out: Tensor | None = None
+        self.data_info: dict[str, Any] = {}
 
     def loss(self, batch: Any, step: int, generator: torch.Generator, phase: str = "main") -> dict[str, Tensor]:
         x0 = batch[0] if isinstance(batch, (list, tuple)) else batch
@@ -92,14 +96,12 @@ class MaskedDiffusion(Objective):
     def write_preview(self, sample_fn: Callable[[Tensor], Tensor], network: nn.Module, stem: Path, num_classes: int,
                       per_class: int) -> Path:
         """`stem`.txt: `per_class` sampled sequences, decoded when the dataset can decode them, one per line."""
+        from fewstep.io import write_atomic
+
         samples = sample_fn(torch.zeros(per_class, dtype=torch.long)).long().cpu()
-        decode = getattr(self, "decode", None) or (lambda ids: " ".join(map(str, ids.tolist())))
-        path = stem.with_suffix(".txt")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text("".join(repr(decode(row)) + "\n" for row in samples))
-        tmp.replace(path)
-        return path
+        decode = self.decode or (lambda ids: " ".join(map(str, ids.tolist())))
+        text = "".join(repr(decode(row)) + "\n" for row in samples)
+        return write_atomic(stem.with_suffix(".txt"), lambda tmp: Path(tmp).write_text(text))
 
     def export(self, network: nn.Module, folder: Path) -> None:
         """The model folder (`save_pretrained`; loads with `MaskedDiffusionTransformer.from_pretrained`) + data.json
@@ -107,8 +109,8 @@ class MaskedDiffusion(Objective):
         from fewstep.distill.masked_transformer import model_fingerprint
 
         network.save_pretrained(str(folder))
-        info = {**getattr(self, "data_info", {}), "model_id": model_fingerprint(network), "mask_eps": self.path.eps}
-        if getattr(self, "held_out", None) is not None:
+        info = {**self.data_info, "model_id": model_fingerprint(network), "mask_eps": self.path.eps}
+        if self.held_out is not None:
             device = next(network.parameters()).device
             mean, half = nelbo(network, self.held_out.to(device), self.path)
             info["held_out_nelbo_per_token"] = {"mean": mean, "half_width_95": half, "sequences": int(self.held_out.shape[0])}
