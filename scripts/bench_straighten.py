@@ -8,6 +8,7 @@ Variants, all at the same budget (noises, optimizer steps, batch, learning rate)
   boss-lora  straighten for the BOSS grid training only LoRA adapters (peft; rank --lora-rank)
   reflow     plain reflow on (noise, teacher sample) pairs (Liu et al. 2023); not tied to K, trained once
              and scored on every K's BOSS and uniform grids
+The uniform grid is snapped to the 100-step fine grid (K = 6: 1, .83, .67, .5, .33, .17, 0).
 Scores: Euler on the grid; FID on `mnist` features, label accuracy, RMS error to the teacher's
 32-step DPM-Solver++(3M) samples from the same noise.
 """
@@ -32,6 +33,13 @@ from fewstep.samplers.boss import boss_schedule
 from fewstep.samplers.spec import SamplerSpec
 
 VARIANTS = ("boss", "uniform", "boss-lora", "reflow")
+#: the teacher's fine grid (trajectories, BOSS search); straightening grids must lie on it.
+FINE_STEPS = 100
+
+
+def snap_to_grid(ts: torch.Tensor, fine: torch.Tensor) -> torch.Tensor:
+    """Each time of `ts` moved to the nearest point of `fine` (uniform K-step grids with K not dividing 100)."""
+    return fine[(ts[:, None] - fine[None, :]).abs().argmin(dim=1)]
 
 
 def finetune(teacher_dir: Path, run_dir: Path, objective: str, spec: Path | None, args, lora_rank: int = 0) -> tuple[Path, float]:
@@ -40,7 +48,7 @@ def finetune(teacher_dir: Path, run_dir: Path, objective: str, spec: Path | None
         f"run_dir={run_dir}", "log_with=none", "checkpoint_every=0", "samples_per_class=4",
         f"max_steps={args.train_steps}", "model.type=pretrained", f"model.pretrained={teacher_dir}",
         "model.num_classes=10", f"objective.name={objective}", f"objective.spec={spec or 'null'}",
-        f"objective.num_noises={args.noises}", "objective.fine_steps=100", f"objective.lora_rank={lora_rank}",
+        f"objective.num_noises={args.noises}", f"objective.fine_steps={FINE_STEPS}", f"objective.lora_rank={lora_rank}",
         "data.batch_size=32", f"optim.lr={args.lora_lr if lora_rank else args.lr}",
         "optim.lr_scheduler=constant_with_warmup", "optim.lr_warmup_steps=50", "optim.ema_decay=0.99",
     ])
@@ -84,8 +92,8 @@ def main() -> None:
         pipeline, seconds = finetune(teacher_dir, work / "reflow", "reflow", None, args)
         reflowed = (load_teacher(pipeline), seconds)
     for k in args.steps:
-        grids = {"BOSS": boss_schedule(teacher.denoiser, search, k, get_schedule("uniform", path, 100)).ts,
-                 "uniform": get_schedule("uniform", path, k)}
+        fine = get_schedule("uniform", path, FINE_STEPS)
+        grids = {"BOSS": boss_schedule(teacher.denoiser, search, k, fine).ts, "uniform": snap_to_grid(get_schedule("uniform", path, k), fine)}
         specs = {name: SamplerSpec.from_grid("ddim", ts, path, provenance={"method": name}).save(work / f"{name}_k{k}.safetensors")
                  for name, ts in grids.items()}
         for name, ts in grids.items():
