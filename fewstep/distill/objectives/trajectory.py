@@ -10,6 +10,7 @@ adapters are merged into the weights when the pipeline is exported.
 from __future__ import annotations
 
 import copy
+from abc import abstractmethod
 from pathlib import Path
 from typing import Any
 
@@ -80,9 +81,9 @@ class TeacherTrajectoryObjective(Objective):
         self.ts = self.fine_ts  # the grid previews and the exported scheduler use; subclasses narrow it
         self.spec_file: str | None = None
 
+    @abstractmethod
     def keep_indices(self) -> list[int]:
         """Positions on the fine grid whose teacher states the dataset stores."""
-        raise NotImplementedError
 
     @torch.no_grad()
     def make_dataset(self) -> Dataset:
