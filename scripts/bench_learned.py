@@ -112,15 +112,15 @@ def mnist_part(iterations: int, num_images: int, variants: list[str]) -> str:
     ref_scores = scorer.score(ref_images, labels)
     lines.append(f"| 32 | DPM-Solver++(3M) reference | {ref_scores.fid:.2f} | {100 * ref_scores.accuracy:.1f}% | 0 | |")
     for nfe in [3, 4, 6]:
-        candidates = {"DPM-Solver++(2M), uniform": (get_schedule("uniform", teacher.path, nfe), None, None, "")}
+        candidates = {"DPM-Solver++(2M), uniform": ({"ts": get_schedule("uniform", teacher.path, nfe), "solver": "dpmpp_2m"}, "")}
         for variant in variants:
             learn, eval_times = MNIST_VARIANTS[variant]
             start = time.perf_counter()
             spec, _ = fit_sampler(teacher.denoiser, nfe, noise, targets, learn=learn, init_schedule="uniform",
                                   iterations=iterations, batch_size=32, cond=cond, learn_eval_times=eval_times)
-            candidates[f"learned {variant}"] = (spec.ts, spec.coeffs, spec.eval_ts, f"{time.perf_counter() - start:.0f} s")
-        for label, (ts, coeffs, eval_ts, fit_time) in candidates.items():
-            images, labels, _ = generate_images(teacher, ts, "dpmpp_2m", num_images, seed=0, coeffs=coeffs, eval_ts=eval_ts)
+            candidates[f"learned {variant}"] = (spec.sample_args(), f"{time.perf_counter() - start:.0f} s")
+        for label, (sampler, fit_time) in candidates.items():
+            images, labels, _ = generate_images(teacher, num_images=num_images, seed=0, **sampler)
             scores = scorer.score(images, labels)
             err = rms_pixel_error(images, ref_images)
             lines.append(f"| {nfe} | {label} | {scores.fid:.2f} | {100 * scores.accuracy:.1f}% | {err:.3f} | {fit_time} |")

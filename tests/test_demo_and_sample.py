@@ -34,3 +34,26 @@ def test_sample_writes_pngs_and_refuses_a_used_folder(tmp_path, capsys):
     assert json.loads((out / "sampling.json").read_text())["nfe"] == 2
     assert main(["sample", TEACHER, "--out", str(out)]) == 2
     assert "is not empty" in capsys.readouterr().err
+
+
+def test_sample_with_a_spec_uses_its_grid_weights_and_evaluation_times(tmp_path):
+    """PNGs written from a spec with decoupled evaluation times equal sample() with the spec's arguments."""
+    import numpy as np
+    import torch
+
+    from fewstep.pipelines.loading import load_teacher
+    from fewstep.pipelines.scoring import generate_images
+    from fewstep.samplers import RectifiedFlowPath, get_schedule
+    from fewstep.samplers.spec import SamplerSpec
+
+    path = RectifiedFlowPath()
+    ts = get_schedule("uniform", path, 3)
+    spec = SamplerSpec.from_grid("dpmpp_2m", ts, path, coeffs=torch.tensor([[1.0, 0.0], [1.3, -0.3], [1.0, 0.0]]),
+                                 eval_ts=torch.tensor([0.95, 0.6, 0.25], dtype=torch.float64))
+    spec.save(tmp_path / "spec.safetensors")
+    out = tmp_path / "samples"
+    assert main(["sample", TEACHER, "--spec", str(tmp_path / "spec.safetensors"), "--n", "3", "--out", str(out)]) == 0
+    expected, _, _ = generate_images(load_teacher(TEACHER), num_images=3, **spec.sample_args())
+    plain, _, _ = generate_images(load_teacher(TEACHER), num_images=3, ts=ts, solver="dpmpp_2m")
+    written = np.stack([np.asarray(Image.open(p)) for p in sorted(out.glob("*.png"))])
+    assert np.array_equal(written, expected[:, 0].numpy()) and not np.array_equal(written, plain[:, 0].numpy())

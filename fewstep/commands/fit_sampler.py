@@ -59,7 +59,8 @@ def run(args) -> int:
     grid = ", ".join(f"{float(t):.3f}" for t in spec.ts)
     if spec.eval_ts is not None:
         grid += "\n  model evaluated at t: " + ", ".join(f"{float(t):.3f}" for t in spec.eval_ts)
-    print(f"{args.solver}, M={args.steps}, learned {args.learn} in {history.seconds:.1f} s\n  t: {grid}\n"
+    learned = args.learn + (" + evaluation times" if args.eval_times else "")
+    print(f"{args.solver}, M={args.steps}, learned {learned} in {history.seconds:.1f} s\n  t: {grid}\n"
           f"  held-out RMS error vs the {args.teacher_steps}-step teacher: {history.heldout_before:.4g} -> "
           f"{history.heldout_after:.4g}" + (f"\n  {history.stopped_early}" if history.stopped_early else "")
           + f"\nwrote {args.out}")

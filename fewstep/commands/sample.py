@@ -48,17 +48,16 @@ def run(args) -> int:
     teacher = load_teacher(args.pipeline, args.device)
     if len(teacher.sample_shape) != 3:
         raise ValueError(f"{args.pipeline} generates tensors of shape {teacher.sample_shape}, not images")
-    coeffs = eval_ts = None
     if args.spec is not None:
         spec = SamplerSpec.load(args.spec)
         spec.check_compatible(teacher.path)
-        ts, solver, coeffs, eval_ts = spec.ts, spec.solver, spec.coeffs, spec.eval_ts
+        sampler = spec.sample_args()
     else:
         get_solver(args.solver)  # clear error for unknown names
-        ts, solver = get_schedule(args.schedule, teacher.path, args.steps), args.solver
-    images, labels, nfe = generate_images(teacher, ts, solver, args.n, seed=args.seed, batch_size=args.batch_size,
-                                          coeffs=coeffs, guidance_scale=args.guidance_scale, device=args.device,
-                                          eval_ts=eval_ts)
+        sampler = {"ts": get_schedule(args.schedule, teacher.path, args.steps), "solver": args.solver}
+    images, labels, nfe = generate_images(teacher, num_images=args.n, seed=args.seed, batch_size=args.batch_size,
+                                          guidance_scale=args.guidance_scale, device=args.device, **sampler)
+    solver, ts = sampler["solver"], sampler["ts"]
     args.out.mkdir(parents=True, exist_ok=True)
     for index, (image, label) in enumerate(zip(images, labels)):
         array = image.permute(1, 2, 0).numpy()

@@ -141,7 +141,6 @@ def fit_sampler(
     progress: bool = False,
     validation_fraction: float = 0.25,
     validate_every: int = 20,
-    cosine_decay: bool = False,
     learn_eval_times: bool = False,
     lr_eval_times: float = 0.02,
 ) -> tuple[SamplerSpec, FitHistory]:
@@ -151,9 +150,7 @@ def fit_sampler(
     decouples each step's model evaluation time from the grid (LD3's decoupling). A `validation_fraction`
     of the pairs is held back; every `validate_every` iterations the sampler with the lowest
     validation error so far is kept (the analytic starting point included), so fitting never
-    returns something worse than where it started on data it did not train on. With
-    `cosine_decay` the learning rates fall to zero over the iterations (cosine), which settles
-    the heavy-tailed per-noise errors instead of jumping between basins at the end.
+    returns something worse than where it started on data it did not train on.
     """
     if learn not in ("grid", "weights", "both"):
         raise ValueError(f"learn must be 'grid', 'weights' or 'both', got {learn!r}")
@@ -167,12 +164,10 @@ def fit_sampler(
     grid = LearnedGrid(path, get_schedule(init_schedule, path, num_steps, final="zero"), learn=learn in ("grid", "both"))
     weights = LearnedWeights(solver_obj, num_steps, learn=learn in ("weights", "both"))
     eval_times = LearnedEvalTimes(path, num_steps, learn=learn_eval_times)
-    groups = [{"params": [grid.logits], "lr": lr_grid}] if grid.logits.requires_grad else []
-    groups += [{"params": [weights.delta], "lr": lr_weights}] if weights.delta.requires_grad else []
-    groups += [{"params": [eval_times.delta], "lr": lr_eval_times}] if learn_eval_times else []
     modules = {"grid": grid, "weights": weights, "eval_times": eval_times}
+    rates = {"grid": (grid.logits, lr_grid), "weights": (weights.delta, lr_weights), "eval_times": (eval_times.delta, lr_eval_times)}
+    groups = [{"params": [param], "lr": lr} for param, lr in rates.values() if param.requires_grad]
     optimizer = torch.optim.Adam(groups)
-    decay = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(iterations, 1)) if cosine_decay and groups else None
     loss_fn = loss_fn or (lambda a, b: (a - b).pow(2).mean())
     generator = torch.Generator().manual_seed(seed)
     history = FitHistory()
@@ -228,8 +223,6 @@ def fit_sampler(
             break
         last_good = snapshot()
         optimizer.step()
-        if decay is not None:
-            decay.step()
         history.losses.append(float(loss.detach()))
         if len(history.losses) % validate_every == 0 or len(history.losses) == iterations:
             error = validation_error()

@@ -1,8 +1,8 @@
 """Sampler specs: a solver, its grid and (learned) coefficients, stored as safetensors + JSON.
 
 A spec is what BOSS (optimised grids), LSD / LSD+ (learned coefficients and steps) and any
-hand-made grid produce. It loads into `fewstep.samplers.sample` (`spec.ts`, `spec.coeffs`,
-`spec.solver`, `spec.eval_ts`) and into `FewStepScheduler(spec=...)`. Tensors go in the safetensors body;
+hand-made grid produce. It loads into `fewstep.samplers.sample` (`**spec.sample_args()`: ts,
+solver, coeffs, eval_ts) and into `FewStepScheduler(spec=...)`. Tensors go in the safetensors body;
 everything else is JSON in its metadata; nothing is ever unpickled.
 """
 
@@ -54,6 +54,10 @@ class SamplerSpec:
         if self.eval_ts is not None:
             self.eval_ts = torch.as_tensor(self.eval_ts, dtype=torch.float64).detach().cpu()
             check_eval_ts(self.eval_ts, self.ts, get_solver(self.solver))
+
+    def sample_args(self) -> dict[str, Any]:
+        """`ts`, `solver`, `coeffs`, `eval_ts` as keywords: `sample(denoiser, x, **spec.sample_args())`."""
+        return {"ts": self.ts, "solver": self.solver, "coeffs": self.coeffs, "eval_ts": self.eval_ts}
 
     @property
     def num_steps(self) -> int:

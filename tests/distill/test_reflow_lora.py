@@ -66,9 +66,9 @@ def test_lora_trains_only_adapters_and_exports_a_merged_plain_model(tmp_path):
     assert moved > 1e-4  # the adapters learned something and it survived the merge
 
 
-def test_merging_lora_keeps_the_function():
+def test_merging_lora_keeps_the_function(tmp_path):
     with single_thread():
-        trainer = Trainer(finetune_config(Path("/nonexistent/unused"), "reflow", "max_steps=1", "objective.lora_rank=2"))
+        trainer = Trainer(finetune_config(tmp_path / "probe", "reflow", "max_steps=1", "objective.lora_rank=2"))
     student = trainer.ema_target()
     with torch.no_grad():
         for name, p in student.named_parameters():

@@ -40,7 +40,7 @@ def test_fitting_lowers_heldout_error_and_spec_reproduces_samples(tmp_path):
     assert len(history.losses) == 40 and history.losses[-1] < history.losses[0]
     loaded = SamplerSpec.load(spec.save(tmp_path / "learned.safetensors"))
     with torch.no_grad():
-        out = sample(denoiser, test, loaded.ts, loaded.solver, coeffs=loaded.coeffs).x
+        out = sample(denoiser, test, **loaded.sample_args()).x
     assert abs(float((out - test_targets).pow(2).mean().sqrt()) - history.heldout_after) < 1e-9
 
 
@@ -123,7 +123,7 @@ def test_learned_evaluation_times_fit_and_round_trip_through_spec_and_scheduler(
     loaded = SamplerSpec.load(spec.save(tmp_path / "decoupled.safetensors"))
     assert torch.equal(loaded.eval_ts, spec.eval_ts)
     with torch.no_grad():
-        reference = sample(denoiser, test, loaded.ts, loaded.solver, coeffs=loaded.coeffs, eval_ts=loaded.eval_ts).x
+        reference = sample(denoiser, test, **loaded.sample_args()).x
     # the diffusers-style loop: the model is asked at the scheduler's timesteps, step() integrates on the grid
     scheduler = FewStepScheduler(prediction_type="flow_prediction", spec=str(tmp_path / "decoupled.safetensors"))
     scheduler.set_timesteps(3)
