@@ -80,3 +80,11 @@ def test_saved_config_round_trips(tmp_path: Path) -> None:
 def test_shipped_configs_load(name: str) -> None:
     config = load_config(CONFIGS / f"{name}.yaml")
     assert config.objective.name == ("flow_matching" if name.endswith("flow") else "vp_diffusion")
+
+
+def test_config_choices_match_the_registries() -> None:
+    """config.py lists objective names without importing the objectives (kept light); the two must agree."""
+    from fewstep.distill import config
+    from fewstep.distill.objectives import OBJECTIVES
+
+    assert set(config.OBJECTIVES) == set(OBJECTIVES)
