@@ -5,7 +5,9 @@
 `from_config` inherits the pipeline's training schedule (betas or flow), prediction type and
 flow shift from DDPM / DDIM / PNDM / Euler / DPMSolverMultistep / FlowMatchEuler configs.
 Only one-evaluation-per-step (multistep) solvers are offered here; singlestep solvers and
-learned coefficients run in `fewstep.samplers.sample`.
+learned coefficients run in `fewstep.samplers.sample`. Options of the source config that
+fewstep cannot honour (noise-prediction DPM-Solver, beta sigmas) are refused with a message,
+never dropped.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from ..samplers.solvers import available_solvers, get_solver
 from ..samplers.spec import SamplerSpec
 
 _FLOW_CLASS_PREFIXES = ("FlowMatch",)
+_DPM_CLASSES = ("DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler")
+_DPM_ALGORITHMS = ("dpmsolver", "dpmsolver++", "sde-dpmsolver", "sde-dpmsolver++")
 _SPEC_FILE = "sampler_spec.safetensors"
 
 
@@ -52,7 +56,10 @@ class FewStepScheduler(SchedulerMixin, ConfigMixin):
     """DPM-Solver++ family (Lu et al. 2022) on any noise path and grid, as a diffusers scheduler.
 
     Args:
-        solver: one of `scheduler_solvers()` ("ddim", "dpmpp_2m", "dpmpp_3m", "dpmpp_3m_o3", "sde_dpmpp_2m").
+        solver: one of `scheduler_solvers()` ("ddim", "dpmpp_2m", "dpmpp_3m", "dpmpp_3m_o3",
+            "sde_dpmpp_1", "sde_dpmpp_2m", "sde_dpmpp_3m").
+        solver_type: "midpoint" or "heun": how DPM-Solver++(2M) weights its first difference
+            (diffusers' `solver_type`).
         schedule: grid name ("uniform", "logsnr", "karras", "quadratic", "flow_shift", "exponential").
         num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas,
         rescale_betas_zero_snr: the training noise schedule of a VP (DDPM) model.
@@ -61,11 +68,19 @@ class FewStepScheduler(SchedulerMixin, ConfigMixin):
         shift, use_dynamic_shifting, base_shift, max_shift, base_image_seq_len,
         max_image_seq_len, time_shift_type: flow time shift (SD3 static / Flux dynamic `mu`).
         final: "zero" (last step to t = 0, returns x0_hat) or "t_min" (stop at the smallest
-            trained time; diffusers' final_sigmas_type="sigma_min").
-        lower_order_final: first/second order for the last steps when fewer than 15 steps.
+            trained time; diffusers' final_sigmas_type="sigma_min"). On karras / logsnr grids
+            "t_min" spaces n + 1 distinct points; diffusers spaces n and repeats sigma_min, a
+            zero-length last step that costs a model call and changes nothing.
+        lower_order_final: first/second order for the last steps when the grid has fewer than
+            15 steps (diffusers' rule; the DPM-Solver reference code uses fewer than 10).
         euler_at_final: always make the last step first order.
         thresholding, dynamic_thresholding_ratio, sample_max_value: dynamic thresholding of x0_hat.
         timestep_spacing, steps_offset: diffusers' spacing of the "uniform" grid on DDPM models.
+        lambda_min_clipped: clip the log-SNR of time-spaced grids on DDPM models from below
+            (diffusers' option, for cosine schedules): the grid starts at the last timestep
+            whose log-SNR is at least this value.
+        variance_type: "learned" / "learned_range" models output twice the channels (mean and
+            variance, e.g. DeepFloyd IF); the extra channels are dropped as diffusers does.
         rho: Karras grid exponent.
         check_finite: raise on NaN/inf model outputs (one reduction per step).
         spec: a sampler spec file (BOSS grid, LSD coefficients, ...): its solver, grid and
@@ -73,7 +88,15 @@ class FewStepScheduler(SchedulerMixin, ConfigMixin):
             `save_pretrained` copies the file next to scheduler_config.json.
     """
 
-    _compatibles: list[str] = []
+    # diffusers' compatibility list: pipelines built with any of these can swap in FewStepScheduler
+    # (`scheduler.compatibles`), and `from_config` translates their configs.
+    _compatibles: list[str] = [
+        "DDIMScheduler", "DDPMScheduler", "PNDMScheduler", "LMSDiscreteScheduler", "EulerDiscreteScheduler",
+        "HeunDiscreteScheduler", "EulerAncestralDiscreteScheduler", "DPMSolverMultistepScheduler",
+        "DPMSolverSinglestepScheduler", "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler",
+        "DEISMultistepScheduler", "UniPCMultistepScheduler", "DPMSolverSDEScheduler",
+        "FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler",
+    ]
     order = 1
 
     @register_to_config
@@ -81,6 +104,7 @@ class FewStepScheduler(SchedulerMixin, ConfigMixin):
         self,
         solver: str = "dpmpp_2m",
         schedule: str = "uniform",
+        solver_type: Literal["midpoint", "heun"] = "midpoint",
         num_train_timesteps: int = 1000,
         beta_start: float = 0.0001,
         beta_end: float = 0.02,
@@ -104,6 +128,8 @@ class FewStepScheduler(SchedulerMixin, ConfigMixin):
         sample_max_value: float = 1.0,
         timestep_spacing: str = "linspace",
         steps_offset: int = 0,
+        lambda_min_clipped: float = -float("inf"),
+        variance_type: str | None = None,
         rho: float = 7.0,
         check_finite: bool = True,
         spec: str | None = None,
@@ -134,6 +160,7 @@ class FewStepScheduler(SchedulerMixin, ConfigMixin):
             solver,
             lower_order_final=lower_order_final,
             euler_at_final=euler_at_final,
+            solver_type=solver_type,
             thresholding=thresholding,
             threshold_quantile=dynamic_thresholding_ratio,
             sample_max_value=sample_max_value,
@@ -143,6 +170,8 @@ class FewStepScheduler(SchedulerMixin, ConfigMixin):
         self.ts = torch.zeros(0, dtype=torch.float64)
         self.sigmas = torch.zeros(0)
         self._table: list[_StepTable] = []
+        self._table_start = 0
+        self._grid: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor] | None = None
         self._history: list[torch.Tensor] = []
         self._step_index: int | None = None
         self._begin_index: int | None = None
@@ -198,7 +227,13 @@ class FewStepScheduler(SchedulerMixin, ConfigMixin):
 
     @classmethod
     def from_config(cls, config: dict[str, Any] | None = None, return_unused_kwargs: bool = False, **kwargs):
-        """Build from any diffusers scheduler config, inheriting its training schedule and prediction type."""
+        """Build from any diffusers scheduler config, inheriting its training schedule and prediction type.
+
+        Only what the source config states is inherited: keys it filled with its class's
+        defaults (diffusers' `_use_default_values`) take FewStepScheduler's defaults instead,
+        as every diffusers scheduler does. Keys of other schedulers are kept as hidden config
+        entries (diffusers' convention), so a round trip back to the source class keeps them.
+        """
         if config is None:
             raise ValueError("from_config needs a config, e.g. pipe.scheduler.config")
         config = dict(config)
@@ -206,10 +241,12 @@ class FewStepScheduler(SchedulerMixin, ConfigMixin):
         unknown = sorted(set(kwargs) - valid)
         if unknown:
             raise ValueError(f"unknown FewStepScheduler argument(s) {unknown}; valid: {sorted(valid)}")
-        translated = _translate_foreign_config(config)
-        _reject_contradicting_prediction_type(config, translated, kwargs)
-        # keep only what FewStepScheduler understands: other schedulers' keys are translated above
-        merged = {k: v for k, v in {**config, **translated}.items() if k in valid}
+        stated = _stated_entries(config)
+        translated = _translate_foreign_config(config, stated, kwargs)
+        _reject_contradicting_prediction_type(stated, translated, kwargs)
+        merged = {**stated, **translated}
+        # diffusers lists a live scheduler's own defaulted keys; they are not ours to keep
+        merged.pop("_use_default_values", None)
         return super().from_config(merged, return_unused_kwargs=return_unused_kwargs, **kwargs)
 
     # ------------------------------------------------------------------ diffusers contract
@@ -291,7 +328,21 @@ class FewStepScheduler(SchedulerMixin, ConfigMixin):
             kwargs.update(shift=cfg.shift, mu=mu if cfg.use_dynamic_shifting else None, shift_type=cfg.time_shift_type)
         else:
             kwargs.update(timestep_spacing=cfg.timestep_spacing, steps_offset=cfg.steps_offset)
+            if SCHEDULES[cfg.schedule].space == "time":  # diffusers clips only its time-spaced grids
+                kwargs.update(t_max=self._t_max_clipped())
         return get_schedule(cfg.schedule, self.path, num_inference_steps, **kwargs)
+
+    def _t_max_clipped(self) -> float:
+        """Largest training time whose log-SNR is >= lambda_min_clipped (1.0 when unclipped)."""
+        clip = float(self.config.lambda_min_clipped)
+        if clip == -float("inf") or not isinstance(self.path, DiscreteVPPath):
+            return 1.0
+        n = self.path.num_train_timesteps
+        lams = self.path.lam(torch.arange(1, n + 1, dtype=torch.float64) / n)
+        last_timestep = n - int((lams < clip).sum())
+        if last_timestep < 1:
+            raise ValueError(f"lambda_min_clipped={clip} is above every training timestep's log-SNR; lower it")
+        return last_timestep / n
 
     def _grid_from_timesteps(self, timesteps) -> torch.Tensor:
         values = torch.as_tensor(timesteps, dtype=torch.float64).flatten().cpu()
@@ -313,7 +364,7 @@ class FewStepScheduler(SchedulerMixin, ConfigMixin):
 
     def _install_grid(self, ts: torch.Tensor, device, coeffs: torch.Tensor | None = None,
                       eval_ts: torch.Tensor | None = None) -> None:
-        """Store the grid and precompute every step's coefficients as Python floats.
+        """Store the grid, the model timesteps and sigmas; precompute every step's coefficients.
 
         With `eval_ts` (a spec with decoupled evaluation times) the pipeline is handed those
         times as `timesteps` and the model output is read at them; the step still runs on `ts`.
@@ -328,8 +379,17 @@ class FewStepScheduler(SchedulerMixin, ConfigMixin):
             self.timesteps = model_times.to(device=device, dtype=torch.float32)
         alphas, sigmas = self.path.alpha_sigma(ts)
         self.sigmas = (ts if self.path.kind == "flow" else sigmas / alphas).to(torch.float32)
+        self._grid = (ts, coeffs, eval_ts)
+        self._build_table(start=0)
+        self._history = []
+        self._step_index = None
+        self._begin_index = None
+
+    def _build_table(self, start: int) -> None:
+        """Per-step coefficients as Python floats; the multistep history begins at step `start`."""
+        ts, coeffs, eval_ts = self._grid
         eval_alphas, eval_sigmas = self.path.alpha_sigma(eval_ts)
-        plans = self.solver.plan(ts, self.path)
+        plans = self.solver.plan(ts, self.path, start=start)
         self._table = [
             _StepTable(
                 alpha=float(eval_alphas[i]),
@@ -340,9 +400,7 @@ class FewStepScheduler(SchedulerMixin, ConfigMixin):
             )
             for i, plan in enumerate(plans)
         ]
-        self._history = []
-        self._step_index = None
-        self._begin_index = None
+        self._table_start = start
 
     def index_for_timestep(self, timestep: Any) -> int:
         """Position of `timestep` in `self.timesteps` (the second match if it repeats, like diffusers)."""
@@ -365,6 +423,8 @@ class FewStepScheduler(SchedulerMixin, ConfigMixin):
             raise RuntimeError("call set_timesteps(num_inference_steps) before step()")
         if self._step_index is None:
             self._step_index = self._begin_index if self._begin_index is not None else self.index_for_timestep(timestep)
+            if self._step_index != self._table_start and self._step_index < len(self._table):
+                self._build_table(start=self._step_index)  # img2img: no history before the start
         i = self._step_index
         if i >= len(self._table):
             raise RuntimeError(f"step() called {i + 1} times for {len(self._table)} steps; call set_timesteps again")
@@ -374,6 +434,8 @@ class FewStepScheduler(SchedulerMixin, ConfigMixin):
                 "weights and dtype (fp16 overflow? try float32 or bfloat16)"
             )
         row = self._table[i]
+        if self.config.variance_type in ("learned", "learned_range") and model_output.shape[1] == 2 * sample.shape[1]:
+            model_output = model_output[:, : sample.shape[1]]  # drop the predicted variance channels
         work = torch.promote_types(sample.dtype, torch.float32)
         x = sample.to(work)
         x0 = to_x0(model_output.to(work), x, row.alpha, row.sigma, self.config.prediction_type)
@@ -417,44 +479,83 @@ FewStepScheduler.__module__ = "fewstep"
 # ---------------------------------------------------------------------- config translation
 
 
-def _translate_foreign_config(config: dict[str, Any]) -> dict[str, Any]:
-    """Map another scheduler's config keys onto FewStepScheduler's (flow, shift, grid, solver, final)."""
+def _stated_entries(config: dict[str, Any]) -> dict[str, Any]:
+    """The config without the keys its class filled with defaults (diffusers' `_use_default_values`)."""
+    defaulted = set(config.get("_use_default_values", []) or [])
+    return {k: v for k, v in config.items() if k not in defaulted}
+
+
+def _translate_foreign_config(config: dict[str, Any], stated: dict[str, Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Map another scheduler's config onto FewStepScheduler's keys (flow, shift, grid, solver, final).
+
+    `config` (all keys) identifies the scheduler family; values come only from `stated`.
+    FewStepScheduler's own keys, when the config states them, are never overridden.
+    """
     class_name = str(config.get("_class_name", ""))
     out: dict[str, Any] = {}
-    # a live scheduler's .config has no _class_name: recognise families by their keys too
+    # a live scheduler's .config may lack _class_name: recognise families by their keys too
     flow_match = class_name.startswith(_FLOW_CLASS_PREFIXES) or ("base_shift" in config and "beta_schedule" not in config)
-    dpm_multistep = class_name == "DPMSolverMultistepScheduler" or ("solver_order" in config and "algorithm_type" in config)
-    if flow_match or bool(config.get("use_flow_sigmas")) or config.get("prediction_type") == "flow_prediction":
+    dpm_multistep = class_name in _DPM_CLASSES or (
+        not class_name and "solver_order" in config and config.get("algorithm_type") in _DPM_ALGORITHMS
+    )
+    if flow_match or bool(stated.get("use_flow_sigmas")) or stated.get("prediction_type") == "flow_prediction":
         out["path"] = "flow"
         out["prediction_type"] = "flow_prediction"
-        if "flow_shift" in config and not flow_match:
-            out["shift"] = float(config["flow_shift"])
-    if config.get("use_karras_sigmas"):
-        out["schedule"] = "karras"
-    elif config.get("use_lu_lambdas") or config.get("use_exponential_sigmas"):
-        out["schedule"] = "logsnr"
-    if config.get("final_sigmas_type") == "sigma_min":
+        if "flow_shift" in stated and not flow_match:
+            out["shift"] = float(stated["flow_shift"])
+    if "schedule" not in stated:
+        out.update(_translate_grid(stated, explicit="schedule" in kwargs))
+    if stated.get("final_sigmas_type") == "sigma_min" and "final" not in stated:
         out["final"] = "t_min"
-    if dpm_multistep and "solver" not in config:
-        order = int(config.get("solver_order", 2))
-        algorithm = config.get("algorithm_type", "dpmsolver++")
-        if algorithm == "sde-dpmsolver++" and order == 2:
-            out["solver"] = "sde_dpmpp_2m"
-        elif algorithm == "dpmsolver++":
-            out["solver"] = {1: "ddim", 2: "dpmpp_2m", 3: "dpmpp_3m"}.get(order, "dpmpp_2m")
+    if dpm_multistep and "solver" not in stated and "solver" not in kwargs:
+        out["solver"] = _dpm_solver_name(stated)
+    if stated.get("solver_type") not in (None, "midpoint", "heun"):
+        out["solver_type"] = "midpoint"  # UniPC's "bh2", DEIS's "logrho": other methods' variants
     return out
 
 
-def _reject_contradicting_prediction_type(config: dict, translated: dict, kwargs: dict) -> None:
+def _translate_grid(stated: dict[str, Any], explicit: bool) -> dict[str, Any]:
+    """diffusers' sigma options -> a fewstep schedule (beta sigmas: refused unless a schedule is given)."""
+    if stated.get("use_karras_sigmas"):
+        return {"schedule": "karras"}
+    if stated.get("use_lu_lambdas") or stated.get("use_exponential_sigmas"):
+        return {"schedule": "logsnr"}
+    if stated.get("use_beta_sigmas") and not explicit:
+        raise ValueError(
+            "use_beta_sigmas (Lee et al. 2024 beta-distributed sigmas) is not a FewStepScheduler grid; pass "
+            "schedule='karras' or 'logsnr', or set_timesteps(sigmas=...) with the beta sigmas computed by diffusers"
+        )
+    return {}
+
+
+def _dpm_solver_name(stated: dict[str, Any]) -> str:
+    """DPMSolverMultistepScheduler's algorithm_type + solver_order -> a fewstep solver name."""
+    order = int(stated.get("solver_order", 2))
+    algorithm = stated.get("algorithm_type", "dpmsolver++")
+    names = {
+        "dpmsolver++": {1: "ddim", 2: "dpmpp_2m", 3: "dpmpp_3m"},
+        "sde-dpmsolver++": {1: "sde_dpmpp_1", 2: "sde_dpmpp_2m", 3: "sde_dpmpp_3m"},
+    }
+    if algorithm not in names:
+        raise ValueError(
+            f"algorithm_type={algorithm!r} (noise-prediction DPM-Solver) is not implemented by FewStepScheduler, "
+            "which runs the data-prediction DPM-Solver++: pass solver='dpmpp_2m' (or another of "
+            f"{scheduler_solvers()}) to replace it, or keep DPMSolverMultistepScheduler"
+        )
+    if order not in names[algorithm]:
+        raise ValueError(f"solver_order={order} is not supported; valid: 1, 2, 3")
+    return names[algorithm][order]
+
+
+def _reject_contradicting_prediction_type(stated: dict, translated: dict, kwargs: dict) -> None:
     """An explicit prediction_type must agree with the one the pipeline's config states."""
     if "prediction_type" not in kwargs:
         return
-    stated = translated.get("prediction_type", config.get("prediction_type"))
-    defaulted = "prediction_type" in config.get("_use_default_values", []) and "prediction_type" not in translated
-    if stated is not None and not defaulted and kwargs["prediction_type"] != stated:
+    source = translated.get("prediction_type", stated.get("prediction_type"))
+    if source is not None and kwargs["prediction_type"] != source:
         raise ValueError(
             f"prediction_type={kwargs['prediction_type']!r} contradicts the pipeline's scheduler config "
-            f"({stated!r}); the model was trained for {stated!r}: omit prediction_type to inherit it"
+            f"({source!r}); the model was trained for {source!r}: omit prediction_type to inherit it"
         )
 
 

@@ -110,6 +110,23 @@ def rescale_zero_terminal_snr(betas: Tensor) -> Tensor:
     return 1 - alphas
 
 
+def _clamp_zero_terminal_snr(alphas_cumprod: Tensor) -> Tensor:
+    """Make a zero-terminal-SNR alpha_bar usable: the last entry 2^-24 (diffusers' choice).
+
+    With linear betas the rescaled alpha_bar of the timesteps just before the last falls below
+    2^-24 (diffusers keeps that non-monotone table); here those entries are raised to a
+    geometric ramp just above 2^-24 so that log-SNR stays strictly decreasing. They are pure
+    noise either way (SNR < 1e-7); every other timestep is unchanged.
+    """
+    out = alphas_cumprod.clone()
+    out[-1] = 2**-24
+    for k in range(out.numel() - 2, -1, -1):
+        if out[k] > out[k + 1]:
+            break
+        out[k] = out[k + 1] * (1 + 2**-10)
+    return out
+
+
 class DiscreteVPPath(NoisePath):
     """VP path of a discrete-time DDPM with `alphas_cumprod[k]`, k = 0 .. N-1.
 
@@ -161,7 +178,7 @@ class DiscreteVPPath(NoisePath):
             betas = rescale_zero_terminal_snr(betas)
         alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
         if rescale_betas_zero_snr:
-            alphas_cumprod[-1] = 2**-24  # diffusers' choice: keeps lam finite at t = 1
+            alphas_cumprod = _clamp_zero_terminal_snr(alphas_cumprod)
         path = cls(alphas_cumprod)
         path._source = {
             "beta_schedule": beta_schedule,

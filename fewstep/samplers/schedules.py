@@ -105,20 +105,29 @@ def apply_time_shift(ts: Tensor, shift: float | None, mu: float | None, shift_ty
 
 
 def diffusers_discrete_timesteps(
-    num_train_timesteps: int, num_steps: int, spacing: TimestepSpacing = "linspace", steps_offset: int = 0
+    num_train_timesteps: int,
+    num_steps: int,
+    spacing: TimestepSpacing = "linspace",
+    steps_offset: int = 0,
+    last_timestep: int | None = None,
 ) -> Tensor:
-    """Integer timesteps [num_steps] of diffusers' DPMSolverMultistepScheduler for a spacing."""
+    """Integer timesteps [num_steps] of diffusers' DPMSolverMultistepScheduler for a spacing.
+
+    `last_timestep` (default num_train_timesteps) is diffusers' clipped end: the grid starts at
+    last_timestep - 1 (`lambda_min_clipped`).
+    """
     n_train = num_train_timesteps
+    last = n_train if last_timestep is None else int(last_timestep)
     if spacing == "linspace":
-        # np.linspace(0, n_train - 1, num_steps + 1) computes i * step; do the same.
-        k = torch.arange(num_steps + 1, dtype=_F64) * ((n_train - 1) / num_steps)
+        # np.linspace(0, last - 1, num_steps + 1) computes i * step; do the same.
+        k = torch.arange(num_steps + 1, dtype=_F64) * ((last - 1) / num_steps)
         return k.round().flip(0)[:-1]
     if spacing == "leading":
-        ratio = n_train // (num_steps + 1)
+        ratio = last // (num_steps + 1)
         return (torch.arange(num_steps + 1, dtype=_F64) * ratio).round().flip(0)[:-1] + steps_offset
     if spacing == "trailing":
         ratio = n_train / num_steps
-        return (torch.arange(float(n_train), 0, -ratio, dtype=_F64)).round() - 1
+        return (torch.arange(float(last), 0, -ratio, dtype=_F64)).round() - 1
     raise ValueError(f"unknown timestep_spacing {spacing!r}; valid: 'linspace', 'leading', 'trailing'")
 
 
@@ -134,12 +143,19 @@ def uniform(
     timestep_spacing: TimestepSpacing = "linspace",
     steps_offset: int = 0,
 ) -> Tensor:
-    """Time-uniform grid (DDIM); on a discrete path, diffusers' integer timesteps for `timestep_spacing`."""
+    """Time-uniform grid (DDIM); on a discrete path, diffusers' integer timesteps for `timestep_spacing`.
+
+    On a discrete path `t_max` < 1 starts the grid at timestep round(t_max N) - 1, as diffusers'
+    `lambda_min_clipped` does, and repeated timesteps (num_steps >= N) are dropped: the grid then
+    has fewer than num_steps steps.
+    """
     check_num_steps(num_steps)
-    if isinstance(path, DiscreteVPPath) and t_max == 1.0 and shift is None and mu is None:
-        k = diffusers_discrete_timesteps(path.num_train_timesteps, num_steps, timestep_spacing, steps_offset)
-        k = k.clamp(0, path.num_train_timesteps - 1)
-        return _with_final(torch.cat([(k + 1) / path.num_train_timesteps, k.new_zeros(1)]), path, final)
+    if isinstance(path, DiscreteVPPath) and shift is None and mu is None:
+        n_train = path.num_train_timesteps
+        last = round(t_max * n_train)
+        k = diffusers_discrete_timesteps(n_train, num_steps, timestep_spacing, steps_offset, last)
+        k = torch.unique_consecutive(k.clamp(0, n_train - 1))
+        return _with_final(torch.cat([(k + 1) / n_train, k.new_zeros(1)]), path, final)
     ts = torch.linspace(t_max, path.t_min, num_steps + 1, dtype=_F64)
     return _finish_time_space(ts, path, final, shift, mu, shift_type)
 

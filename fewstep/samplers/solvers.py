@@ -62,29 +62,39 @@ def _phi1(h: Tensor) -> Tensor:
     return torch.expm1(-h)
 
 
+def _difference_weights(h: Tensor, stochastic: bool) -> tuple[Tensor, Tensor]:
+    """(c1, c2): weights of D1 and D2 relative to D0's in DPM-Solver++ (ODE) or SDE-DPM-Solver++.
+
+    ODE: c1 = phi2 / -phi1, c2 = phi3 / phi1 with phi1 = e^{-h} - 1, phi2 = phi1/h + 1,
+    phi3 = phi2/h - 1/2. SDE (D0 weight alpha' v, v = 1 - e^{-2h}): c1 = (v/(-2h) + 1) / v,
+    c2 = ((v - 2h)/(2h)^2 - 1/2) / v.
+    """
+    if stochastic:
+        v = -torch.expm1(-2 * h)
+        return (v / (-2 * h) + 1) / v, ((v - 2 * h) / (2 * h) ** 2 - 0.5) / v
+    phi1 = _phi1(h)
+    phi2 = phi1 / h + 1
+    phi3 = phi2 / h - 0.5
+    return -phi2 / phi1, phi3 / phi1
+
+
 def _multistep_weights(
-    order: int, h: Tensor, h0: Tensor | None, h1: Tensor | None, d2_scale: float = 1.0
+    order: int, h: Tensor, h0: Tensor | None, h1: Tensor | None, c1: Tensor | None = None, c2: Tensor | None = None
 ) -> Tensor:
     """DPM-Solver++ 1/2M/3M weights on (m_i, m_{i-1}, m_{i-2}) so that D = sum w_j m_j.
 
-    3M: the reference code (and diffusers, k-diffusion) uses D2 = h^2 x0''/2 where the Taylor
-    term needs h^2 x0''; `d2_scale=2` supplies the missing factor (global order 3, measured
-    in tests/samplers/test_convergence.py), `d2_scale=1` reproduces the reference exactly.
+    D = m_i + c1 D1 (+ c2 D2) with diffusers' divided differences D1, D2 built from
+    r0 = h0/h and r1 = h1/h; c1, c2 come from `_difference_weights` (2M "midpoint": c1 = 1/2).
     """
     one = torch.ones_like(h)
     if order == 1:
         return one.reshape(1)
     r0 = h0 / h
     if order == 2:
-        return torch.stack([one + 0.5 / r0, -0.5 / r0])
-    # 3M: D = m0 - (phi2/phi1) D1 + (phi3/phi1) D2, with diffusers' D1, D2 built from r0, r1.
+        return torch.stack([one + c1 / r0, -c1 / r0])
     r1 = h1 / h
-    phi1 = _phi1(h)
-    phi2 = phi1 / h + 1
-    phi3 = phi2 / h - 0.5
-    coef_d1, coef_d2 = -phi2 / phi1, d2_scale * phi3 / phi1
-    p = (coef_d1 * (1 + r0 / (r0 + r1)) + coef_d2 / (r0 + r1)) / r0
-    q = (coef_d1 * r0 + coef_d2) / (r0 + r1) / r1
+    p = (c1 * (1 + r0 / (r0 + r1)) + c2 / (r0 + r1)) / r0
+    q = (c1 * r0 + c2) / (r0 + r1) / r1
     return torch.stack([one + p, -p - q, q])
 
 
@@ -109,7 +119,13 @@ class Solver:
     sample_max_value: float = 1.0
     #: 3M only: 1.0 = the reference/diffusers formula (globally 2nd order), 2.0 = Taylor-exact.
     d2_scale: float = 1.0
+    #: 2M only: "midpoint" or "heun" weighting of the first difference (diffusers' solver_type).
+    solver_type: str = "midpoint"
     summary: str = ""
+
+    def __post_init__(self) -> None:
+        if self.solver_type not in ("midpoint", "heun"):
+            raise ValueError(f"solver_type must be 'midpoint' or 'heun', got {self.solver_type!r}")
 
     @property
     def evals_per_step(self) -> int:
@@ -122,18 +138,42 @@ class Solver:
             return dynamic_threshold(x0, self.threshold_quantile, self.sample_max_value)
         return x0
 
+    def _difference_weights(self, order: int, h: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        """(c1, c2) for a multistep step of this order (see `_difference_weights`).
+
+        2M with solver_type "midpoint" (the reference default) uses c1 = 1/2; 3M always uses
+        the exact phi-ratios (as the reference and diffusers do), its D2 scaled by `d2_scale`:
+        the reference D2 = h^2 x0''/2 misses the Taylor factor 2 (`d2_scale=2` restores global
+        order 3, measured in tests/samplers/test_convergence.py).
+        """
+        if order == 1:
+            return None, None
+        c1, c2 = _difference_weights(h, self.stochastic)
+        if order == 2 and self.solver_type == "midpoint":
+            c1 = 0.5 * torch.ones_like(h)
+        return c1, self.d2_scale * c2
+
     # ------------------------------------------------------------------ planning
 
-    def step_orders(self, lams: Tensor) -> list[int]:
-        """Order used at each step (lower order at the start, the end and at infinite lam)."""
+    def step_orders(self, lams: Tensor, start: int = 0) -> list[int]:
+        """Order used at each step (lower order at the start, the end and at infinite lam).
+
+        Sampling that begins at step `start` (img2img: `set_begin_index`) has no history before
+        it, so its multistep orders ramp up from there. `lower_order_final` applies below 15
+        steps in the whole grid (diffusers' rule; the DPM-Solver reference uses below 10).
+        """
         n = lams.numel() - 1
+        if not 0 <= start < n:
+            raise ValueError(f"start must index a step of the grid (0 <= start < {n}), got {start}")
         orders = []
         short = n < 15  # diffusers' threshold for lower_order_final
         for i in range(n):
             finite_here = bool(torch.isfinite(lams[i]))
             finite_next = bool(torch.isfinite(lams[i + 1]))
-            if self.kind == "multistep":
-                order = min(self.order, i + 1) if finite_here else 1
+            if i < start:
+                order = 1  # never taken
+            elif self.kind == "multistep":
+                order = min(self.order, i - start + 1) if finite_here else 1
             else:
                 order = self.order if finite_here else 1
             lower_final = self.kind == "multistep" and self.lower_order_final and short
@@ -144,8 +184,11 @@ class Solver:
             orders.append(order)
         return orders
 
-    def plan(self, ts: Tensor, path: NoisePath) -> list[StepPlan]:
-        """Coefficients for every step of grid `ts` [n + 1] on `path` (float64, differentiable)."""
+    def plan(self, ts: Tensor, path: NoisePath, start: int = 0) -> list[StepPlan]:
+        """Coefficients for every step of grid `ts` [n + 1] on `path` (float64, differentiable).
+
+        `start`: the first step actually taken (multistep history begins there).
+        """
         ts = ts.to(torch.float64)
         lams = path.lam(ts.detach())
         # grid points with infinite lam (t = 0, or alpha = 0 on a flow) are fixed: no gradient
@@ -153,7 +196,7 @@ class Solver:
         ts = torch.where(torch.isfinite(lams), ts, ts.detach())
         alphas, sigmas = path.alpha_sigma(ts)
         lams = path.lam(ts)
-        orders = self.step_orders(lams.detach())
+        orders = self.step_orders(lams.detach(), start)
         if self.kind == "multistep":
             lams_history = history_lams(lams, path)
             return [self._multistep_step(i, orders[i], ts, alphas, sigmas, lams, lams_history) for i in range(len(orders))]
@@ -163,7 +206,7 @@ class Solver:
         h = lams[i + 1] - lams[i]
         h0 = lams[i] - lams_history[i - 1] if order >= 2 else None
         h1 = lams_history[i - 1] - lams_history[i - 2] if order >= 3 else None
-        weights = _multistep_weights(order, h, h0, h1, self.d2_scale)
+        weights = _multistep_weights(order, h, h0, h1, *self._difference_weights(order, h))
         ratio = sigmas[i + 1] / sigmas[i]
         if self.stochastic:  # SDE-DPM-Solver++: x' = (s'/s) e^{-h} x + a'(1 - e^{-2h}) D + s' sqrt(1 - e^{-2h}) z
             noise_var = -torch.expm1(-2 * h)
@@ -208,7 +251,12 @@ class Solver:
         return StepPlan(ts[i], ts[i + 1], 3, sigma_n / sigma, d_coef, m_coefs / d_coef, stages=[stage1, stage2])
 
     def _heun_step(self, i, ts, alphas, sigmas) -> StepPlan:
-        """Heun (EDM Alg. 1) in rectified-flow coordinates y = x/(alpha+sigma), rho = sigma/(alpha+sigma)."""
+        """Heun's method (as in EDM Alg. 1) on the ODE in rectified-flow coordinates.
+
+        It integrates y = x/(alpha+sigma) over rho = sigma/(alpha+sigma), not over the VE sigma
+        as EDM and k-diffusion's `sample_heun` do: the same trapezoidal rule in other
+        coordinates (on a flow path the two coincide up to the time variable).
+        """
         scale, scale_n = alphas[i] + sigmas[i], alphas[i + 1] + sigmas[i + 1]
         rho, rho_n = sigmas[i] / scale, sigmas[i + 1] / scale_n
         d_rho = rho_n - rho
@@ -228,10 +276,12 @@ _SOLVER_SPECS: dict[str, dict] = {
     "dpmpp_3m_o3": dict(
         kind="multistep", order=3, d2_scale=2.0, summary="DPM-Solver++(3M) with the Taylor-exact 2nd difference"
     ),
+    "sde_dpmpp_1": dict(kind="multistep", order=1, stochastic=True, summary="SDE-DPM-Solver++(1) (first-order SDE step)"),
     "sde_dpmpp_2m": dict(kind="multistep", order=2, stochastic=True, summary="SDE-DPM-Solver++(2M)"),
+    "sde_dpmpp_3m": dict(kind="multistep", order=3, stochastic=True, summary="SDE-DPM-Solver++(3M) as in diffusers"),
     "dpmpp_2s": dict(kind="singlestep", order=2, summary="DPM-Solver++(2S), 2 evaluations per step"),
     "dpmpp_3s": dict(kind="singlestep", order=3, summary="DPM-Solver++(3S), 3 evaluations per step"),
-    "heun": dict(kind="singlestep", order=2, summary="Heun (EDM), 2 evaluations per step"),
+    "heun": dict(kind="singlestep", order=2, summary="Heun's 2nd-order rule in flow coordinates, 2 evaluations per step"),
 }
 _ALIASES = {"euler": "ddim", "dpmpp_1": "ddim", "dpmpp_2m_sde": "sde_dpmpp_2m"}
 

@@ -34,8 +34,17 @@ def test_saved_pipeline_reloads_with_fewstep_scheduler(tmp_path):
     assert '"fewstep"' in index and '"FewStepScheduler"' in index
     reloaded = DiffusionPipeline.from_pretrained(tmp_path)
     assert isinstance(reloaded.scheduler, FewStepScheduler) and reloaded.scheduler.config.schedule == "karras"
+    # the scheduler state must be exactly equal; the images only to float tolerance (a reloaded
+    # UNet's forward may differ by ~1e-7 through memory layout and kernel choice)
+    for scheduler in (pipe.scheduler, reloaded.scheduler):
+        scheduler.set_timesteps(3)
+    assert torch.equal(pipe.scheduler.timesteps, reloaded.scheduler.timesteps)
+    assert torch.equal(pipe.scheduler.ts, reloaded.scheduler.ts) and torch.equal(pipe.scheduler.sigmas, reloaded.scheduler.sigmas)
+    assert [vars(row) for row in pipe.scheduler._table] == [vars(row) for row in reloaded.scheduler._table]
     run = lambda p: p(batch_size=1, num_inference_steps=3, output_type="np", generator=torch.Generator().manual_seed(1)).images  # noqa: E731
-    assert (run(pipe) == run(reloaded)).all()
+    original, again = run(pipe), run(reloaded)
+    assert original.std() > 0.05  # a real image, not a constant
+    assert abs(original - again).max() < 1e-4
 
 
 def tiny_stable_diffusion() -> StableDiffusionPipeline:
