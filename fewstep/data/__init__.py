@@ -14,7 +14,7 @@ from fewstep.data.mixtures import (
     mixture_parameters,
     sample_mixture,
 )
-from fewstep.data.registry import get_dataset, list_datasets
+from fewstep.data.registry import dataset_options, get_dataset, list_datasets
 
 __all__ = [
     "GaussianMixtureDataset",
@@ -22,6 +22,7 @@ __all__ = [
     "ImageFolderDataset",
     "TensorImageDataset",
     "component_labels",
+    "dataset_options",
     "get_dataset",
     "list_datasets",
     "load_digits",

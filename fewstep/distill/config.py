@@ -3,7 +3,9 @@
     config = load_config("assets/configs/mixture_flow.yaml", ["optim.lr=3e-4", "max_steps=200"])
 
 Unknown keys are errors that list the valid keys; values are coerced to the field's type
-(`block_out_channels=[32,64]` or `=32,64`, `checkpoints_total_limit=null`).
+(`block_out_channels=[32,64]` or `=32,64`, `checkpoints_total_limit=null`). An override replaces
+the value it names (`data.options={}` clears the file's options; `data.options.n=5` changes one);
+sections are merged key by key. Bad YAML is a ValueError naming the file (and line) or the override.
 """
 
 from __future__ import annotations
@@ -185,7 +187,7 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         return tuple(_coerce(key, yaml.safe_load(v) if isinstance(v, str) else v, item_tp) for v in items)
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
-            raise ValueError(f"{key} must be a mapping, got {value!r}")
+            raise ValueError(f"{key} must be a mapping, got {value!r}; e.g. {key}={{n: 5000}}, or {key}={{}} for none")
         return dict(value)
     if tp is bool:
         if isinstance(value, bool):
@@ -232,45 +234,130 @@ def config_from_dict(data: dict[str, Any]) -> TrainConfig:
     return _build(TrainConfig, data).validate()
 
 
+def _yaml_error(error: yaml.YAMLError) -> str:
+    """'line L, column C: problem (context)' of a YAML error (1-based, as editors count)."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    context = getattr(error, "context", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return f"{where}{problem}" + (f" ({context})" if context else "")
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    """`"section.key=value"` -> (["section", "key"], YAML-parsed value); ValueError naming the override."""
+    if "=" not in item:
+        raise ValueError(f"override {item!r} is not key=value (e.g. optim.lr=1e-4)")
+    key, raw = item.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ValueError(f"override {item!r} has an empty key; write section.key=value (e.g. optim.lr=1e-4)")
+    if not raw.strip():
+        return parts, ""
+    try:
+        return parts, yaml.safe_load(raw)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        where = f" at column {mark.column + 1} of the value" if mark is not None else ""
+        raise ValueError(
+            f"override {item!r}: the value is not valid YAML{where} ({problem}); fix it (a mapping is "
+            f"{{n: 5000}}, a list [32, 64]) or quote a string: {key.strip()}='...'"
+        ) from None
+
+
+def _section_type(parts: Sequence[str]) -> type | None:
+    """The config dataclass that the dotted key `parts` names (TrainConfig for []), else None."""
+    cls: Any = TrainConfig
+    for part in parts:
+        if not _is_section(cls):
+            return None
+        hints = typing.get_type_hints(cls)
+        if part not in hints:
+            return None
+        cls = hints[part]
+    return cls if _is_section(cls) else None
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """`data` (a nested dict, e.g. a config file) with `key=value` overrides applied in order; `data` is not changed.
+
+    An override replaces the value it names: `data.options={}` clears the options a file set,
+    `data.options={n: 5}` sets exactly those options, `data.options.n=5` changes one option and
+    keeps the others. A whole section (`optim={lr: 1e-4}`) is merged key by key, never replaced.
+    """
+    out = _merge({}, data)  # a deep copy of the mappings
+    for item in overrides:
+        parts, value = _parse_override(item)
+        node = out
+        for depth, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ValueError(
+                    f"override {item!r}: '{'.'.join(parts[: depth + 1])}' holds {child!r}, not a mapping, so "
+                    f"'{'.'.join(parts[: depth + 2])}' does not exist; sections are model, data, objective and optim"
+                )
+            node = child
+        last = parts[-1]
+        if isinstance(value, dict) and isinstance(node.get(last), dict) and _section_type(parts) is not None:
+            node[last] = _merge(node[last], value)
+        else:
+            node[last] = value
+    return out
+
+
 def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
     """`["optim.lr=1e-4", "max_steps=10"]` -> nested dict of YAML-parsed values."""
-    nested: dict[str, Any] = {}
-    for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} is not key=value (e.g. optim.lr=1e-4)")
-        key, raw = item.split("=", 1)
-        parts = key.strip().split(".")
-        node = nested
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ValueError(f"override {item!r} conflicts with another override of {part!r}")
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
-    return nested
+    return apply_overrides({}, overrides)
 
 
 def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     """Recursive dict update: `update` wins, nested mappings are merged key by key."""
     out = dict(base)
     for key, value in update.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        if isinstance(value, dict):
+            out[key] = _merge(out[key] if isinstance(out.get(key), dict) else {}, value)
+        else:
+            out[key] = value
     return out
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
-    """The nested dict stored in a .yaml/.yml/.json file."""
+    """The nested dict stored in a .yaml/.yml/.json file; ValueError naming the file and line for bad syntax."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"config file {str(path)!r} is a folder; pass a .yaml or .json file (see assets/configs/)")
     if not path.is_file():
         raise FileNotFoundError(f"config file {str(path)!r} not found; pass a .yaml or .json file (see assets/configs/)")
-    text = path.read_text()
-    data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    return data or {}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"config file {str(path)!r} is not a text file ({error.reason} at byte {error.start}); "
+                         "pass a .yaml or .json config") from None
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(text) if text.strip() else None
+        except json.JSONDecodeError as error:
+            raise ValueError(f"config file {str(path)!r}: invalid JSON at line {error.lineno}, column {error.colno}: "
+                             f"{error.msg}; fix the syntax there") from None
+    else:
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise ValueError(f"config file {str(path)!r}: invalid YAML at {_yaml_error(error)}; fix the syntax there "
+                             "(YAML wants 'key: value' lines, nested keys indented by spaces, no tabs)") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        kind = "a list" if isinstance(data, list) else f"a {type(data).__name__} ({data!r:.40})"
+        raise ValueError(f"config file {str(path)!r} holds {kind} at the top level; a config is a mapping of "
+                         "'key: value' lines (run_dir: ..., model: {...}, data: {...}; see assets/configs/)")
+    return data
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
-    """Defaults <- file (YAML or JSON) <- `key=value` overrides, validated."""
+    """Defaults <- file (YAML or JSON) <- `key=value` overrides (applied in order), validated."""
     data = read_config_file(path) if path is not None else {}
-    return config_from_dict(_merge(data, parse_overrides(overrides)))
+    return config_from_dict(apply_overrides(data, overrides))
 
 
 def save_config(config: TrainConfig, path: str | Path) -> Path:

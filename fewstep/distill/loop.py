@@ -21,6 +21,7 @@ import math
 import os
 import shutil
 import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -62,10 +63,16 @@ class TrainResult:
 
 
 def build_dataset(cfg: DataConfig) -> Dataset:
-    """`fewstep.data.get_dataset` with a clear error for missing paths."""
+    """`fewstep.data.get_dataset` with clear errors for bad names, paths and options (naming the config keys)."""
     from fewstep.data import get_dataset
+    from fewstep.data.registry import PATH_DATASETS, check_options, list_datasets
 
+    if cfg.name not in list_datasets():
+        raise ValueError(f"data.name={cfg.name!r} is not a dataset; choose one of {', '.join(list_datasets())}")
     kwargs = dict(cfg.options)
+    if cfg.path is not None and cfg.name not in PATH_DATASETS:
+        raise ValueError(f"data.path is only read by data.name=folder or hf, not by data.name={cfg.name}; "
+                         "drop data.path (data.path=null) or set data.name=folder")
     if cfg.path is not None:
         if not Path(cfg.path).exists():
             raise FileNotFoundError(
@@ -73,8 +80,13 @@ def build_dataset(cfg: DataConfig) -> Dataset:
                 "(name=folder) or a saved Hugging Face dataset (name=hf)"
             )
         kwargs["path"] = cfg.path
-    elif cfg.name in ("folder", "hf"):
+    elif cfg.name in PATH_DATASETS:
         raise ValueError(f"data.name={cfg.name} needs data.path=FOLDER")
+    try:
+        check_options(cfg.name, dict(cfg.options))
+    except ValueError as error:
+        raise ValueError(f"data.options of data.name={cfg.name}: {error}; fix data.options (data.options={{}} "
+                         "replaces the options a config file set, data.options.KEY=VALUE changes one)") from None
     return get_dataset(cfg.name, split=cfg.split, **kwargs)
 
 
@@ -168,8 +180,82 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
 
 
-def resolve_resume(run_dir: Path, resume: str | None) -> Path | None:
-    """The checkpoint to resume from: None, "latest" (None if the run has none) or a path."""
+class DamagedCheckpointError(ValueError):
+    """A checkpoint folder with a missing, truncated or unreadable file (named in the message)."""
+
+
+class CheckpointFallbackWarning(UserWarning):
+    """`--resume latest` skipped a damaged checkpoint and resumed from an older intact one."""
+
+
+def _checkpoint_problem(file: Path) -> str | None:
+    """Why `file` of a checkpoint cannot be loaded, or None if it is intact (checked without unpickling)."""
+    try:
+        if file.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(file), framework="pt") as f:  # the header must describe exactly the file's bytes
+                f.keys()
+        elif file.suffix == ".json":
+            json.loads(file.read_text())
+        elif file.suffix in (".bin", ".pkl", ".pt", ".pth"):
+            # torch.save writes a zip archive: its directory and every member's CRC must check out
+            with zipfile.ZipFile(file) as archive:
+                bad = archive.testzip()
+            if bad is not None:
+                return f"its member {bad} is corrupt"
+    except zipfile.BadZipFile as error:
+        return f"it is not a complete torch.save archive ({error})"
+    except UnicodeDecodeError as error:
+        return f"it is not JSON text ({error.reason})"
+    except json.JSONDecodeError as error:
+        return f"it is not valid JSON (line {error.lineno}, column {error.colno}: {error.msg})"
+    except OSError as error:
+        return f"it cannot be read ({error.strerror or error})"
+    except Exception as error:  # safetensors raises its own SafetensorError
+        return f"it cannot be loaded ({type(error).__name__}: {error})"
+    return None
+
+
+def verify_checkpoint(path: Path, num_networks: int = 1, num_optimizers: int = 1) -> None:
+    """Raise `DamagedCheckpointError` naming the first missing or unloadable file of checkpoint `path`.
+
+    Every file must load (safetensors headers match the file size, torch.save archives pass their
+    CRC check, JSON parses) and the files `_restore` needs must be there: `trainer_state.json`,
+    `model.safetensors` (`model_1.safetensors`, ... for more networks), `optimizer.bin`
+    (`optimizer_1.bin`, ...) and, when the state says the run had EMA, `ema/`.
+    """
+    path = Path(path)
+    state_file = path / STATE_FILE
+    required = [state_file]
+    for i in range(num_networks):
+        suffix = f"_{i}" if i else ""
+        safetensors, legacy = path / f"model{suffix}.safetensors", path / f"pytorch_model{suffix}.bin"
+        required.append(legacy if legacy.is_file() and not safetensors.exists() else safetensors)
+    required += [path / (f"optimizer_{i}.bin" if i else "optimizer.bin") for i in range(num_optimizers)]
+    if state_file.is_file() and _checkpoint_problem(state_file) is None:
+        state = json.loads(state_file.read_text())
+        if isinstance(state, dict) and state.get("ema"):
+            required += [path / EMA_DIR / EMA_WEIGHTS, path / EMA_DIR / EMA_STATE]
+    for file in required:
+        if not file.is_file():
+            raise DamagedCheckpointError(f"checkpoint {path} is incomplete: {file.relative_to(path)} is missing")
+    for file in sorted(f for f in path.rglob("*") if f.is_file()):
+        problem = _checkpoint_problem(file)
+        if problem is not None:
+            raise DamagedCheckpointError(f"checkpoint file {file} is damaged: {problem}")
+    state = json.loads(state_file.read_text())
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise DamagedCheckpointError(f"checkpoint file {state_file} is damaged: it has no integer 'step'")
+
+
+def resolve_resume(run_dir: Path, resume: str | None, num_networks: int = 1, num_optimizers: int = 1) -> Path | None:
+    """The checkpoint to resume from: None, "latest" (None if the run has none) or a path; verified.
+
+    "latest" takes the newest *intact* checkpoint (`verify_checkpoint`): damaged newer ones are
+    skipped with a `CheckpointFallbackWarning` naming the bad file; if every checkpoint is damaged
+    the error lists them. A given path must be intact.
+    """
     if resume is None:
         existing = list_checkpoints(run_dir)
         if existing:
@@ -179,20 +265,48 @@ def resolve_resume(run_dir: Path, resume: str | None) -> Path | None:
             )
         return None
     if resume == "latest":
-        existing = list_checkpoints(run_dir)
-        return existing[-1] if existing else None
+        damaged: list[str] = []
+        for candidate in reversed(list_checkpoints(run_dir)):
+            try:
+                verify_checkpoint(candidate, num_networks, num_optimizers)
+            except DamagedCheckpointError as error:
+                damaged.append(str(error))
+                continue
+            for message in damaged:
+                warnings.warn(f"{message}; skipping it and resuming from the older intact checkpoint {candidate}",
+                              CheckpointFallbackWarning, stacklevel=3)
+            return candidate
+        if damaged:
+            raise DamagedCheckpointError(
+                f"every checkpoint of {run_dir} is damaged: " + "; ".join(damaged)
+                + ". Delete the damaged step_* folders to train from the start, or choose a new run_dir"
+            )
+        return None
     path = Path(resume)
     if not (path / STATE_FILE).is_file():
         raise FileNotFoundError(f"{resume!r} is not a fewstep checkpoint (no {STATE_FILE}); pass a run_dir/checkpoints/step_XXXXXX folder or 'latest'")
+    try:
+        verify_checkpoint(path, num_networks, num_optimizers)
+    except DamagedCheckpointError as error:
+        raise DamagedCheckpointError(f"{error}; resume from another checkpoint (--resume latest takes the newest "
+                                     "intact one)") from None
     return path
 
 
 def read_checkpoint_state(path: Path, networks: dict[str, nn.Module]) -> dict[str, Any]:
     """The checkpoint's trainer state, after checking it was written for these networks."""
-    state = json.loads((path / STATE_FILE).read_text())
+    state_file = path / STATE_FILE
+    try:
+        state = json.loads(state_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DamagedCheckpointError(f"checkpoint file {state_file} is damaged: it is not valid JSON ({error}); "
+                                     "resume from another checkpoint") from None
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise DamagedCheckpointError(f"checkpoint file {state_file} is damaged: it has no integer 'step'; "
+                                     "resume from another checkpoint")
     expected = _network_signature(networks)
     if state.get("networks") != expected:
-        saved = {k: v["class"] for k, v in state.get("networks", {}).items()}
+        saved = {k: v.get("class") if isinstance(v, dict) else v for k, v in (state.get("networks") or {}).items()}
         raise ValueError(
             f"checkpoint {path} was written for other networks ({saved}, or a different config) than this "
             f"config builds ({ {k: v['class'] for k, v in expected.items()} }); resume with the run's own "
@@ -223,14 +337,63 @@ def load_ema(ema: Any, network: nn.Module, folder: Path) -> None:
 
     if not (folder / EMA_WEIGHTS).is_file():
         raise ValueError(f"checkpoint {folder.parent} has no EMA weights ({EMA_DIR}/{EMA_WEIGHTS}); resume with optim.ema_decay=0")
-    weights = load_file(str(folder / EMA_WEIGHTS))
+    try:
+        weights = load_file(str(folder / EMA_WEIGHTS))
+        counters = json.loads((folder / EMA_STATE).read_text())
+    except Exception as error:  # SafetensorError, OSError, JSONDecodeError
+        raise DamagedCheckpointError(f"the EMA files in {folder} cannot be loaded ({type(error).__name__}: {error}); "
+                                     "resume from another checkpoint") from None
     shadow = []
     for name, param in network.named_parameters():
         if name not in weights or weights[name].shape != param.shape:
             raise ValueError(f"the EMA weights in {folder} do not match this network (parameter {name!r}); "
                              "resume with the run's own config (run_dir/config.yaml)")
         shadow.append(weights[name])
-    ema.load_state_dict({**json.loads((folder / EMA_STATE).read_text()), "shadow_params": shadow})
+    ema.load_state_dict({**counters, "shadow_params": shadow})
+
+
+#: folders the loop writes inside run_dir.
+RUN_SUBFOLDERS = ("checkpoints", "logs", "samples", "pipeline")
+
+
+def _probe_writable(folder: Path, run_dir: Path) -> None:
+    """PermissionError naming run_dir unless files can be created in `folder` (access(2): modes, ACLs, read-only mounts)."""
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(
+            f"run_dir {run_dir} is not writable: cannot create files in {folder} (permission denied or a "
+            "read-only file system); choose a run_dir you can write to (run_dir=PATH or --run-dir PATH) or fix "
+            "the folder's permissions"
+        )
+
+
+def check_run_dir(run_dir: str | Path) -> None:
+    """Raise an OSError naming the problem unless `run_dir` is a writable folder or can be created as one.
+
+    Creates and changes nothing: checks the nearest existing folder (run_dir itself, or the
+    ancestor it would be created in), and the sub-folders the loop writes to when they exist.
+    """
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise NotADirectoryError(f"run_dir {run_dir} is a file, not a folder; choose another run_dir (run_dir=PATH)")
+    if not run_dir.exists():
+        ancestor = run_dir.absolute().parent
+        while not ancestor.exists() and ancestor != ancestor.parent:
+            ancestor = ancestor.parent
+        if not ancestor.is_dir():
+            raise NotADirectoryError(
+                f"run_dir {run_dir} cannot be created: {ancestor} is a file, not a folder; choose another run_dir "
+                "(run_dir=PATH)"
+            )
+        _probe_writable(ancestor, run_dir)
+        return
+    _probe_writable(run_dir, run_dir)
+    for name in RUN_SUBFOLDERS:
+        sub = run_dir / name
+        if sub.exists() and not sub.is_dir():
+            raise NotADirectoryError(f"{sub} is a file, but the run writes a folder there; move the file away or "
+                                     "choose another run_dir")
+        if sub.is_dir():
+            _probe_writable(sub, run_dir)
 
 
 def _atomic_replace_dir(tmp: Path, final: Path) -> None:
@@ -259,6 +422,7 @@ class Trainer:
 
         self.config, self.eval_fn = config, eval_fn
         self.run_dir = Path(config.run_dir)
+        check_run_dir(self.run_dir)  # before any model is built or trained
         self.accelerator = Accelerator(
             cpu=_distributed_without_gpu(),
             mixed_precision=config.mixed_precision,
@@ -271,7 +435,7 @@ class Trainer:
         make_dataset = getattr(self.objective, "make_dataset", None)  # objectives that generate their data
         self.dataset = make_dataset() if make_dataset is not None else build_dataset(config.data)
         self.objective.check_data(self.dataset, config.model.num_classes)
-        self.resume_from = resolve_resume(self.run_dir, resume)
+        self.resume_from = resolve_resume(self.run_dir, resume, len(self.objective.networks), len(self.objective.phases))
         self.resume_state = read_checkpoint_state(self.resume_from, self.objective.networks) if self.resume_from else None
         self._build_optimization()
         self.start_step = 0
@@ -317,7 +481,11 @@ class Trainer:
     def _restore(self) -> None:
         """Load model / optimizer state, EMA and the step counter from `resume_from`."""
         assert self.resume_from is not None and self.resume_state is not None
-        self.accelerator.load_state(str(self.resume_from))
+        try:
+            self.accelerator.load_state(str(self.resume_from))
+        except Exception as error:  # verified beforehand; name the checkpoint if loading still fails
+            raise DamagedCheckpointError(f"cannot load checkpoint {self.resume_from} ({type(error).__name__}: {error}); "
+                                         "resume from another checkpoint or with the run's own config") from error
         if self.ema is not None:
             load_ema(self.ema, self.ema_target(), self.resume_from / EMA_DIR)
             self.ema.to(self.accelerator.device)
@@ -336,6 +504,7 @@ class Trainer:
         folder = self.run_dir / "checkpoints"
         final, tmp = folder / f"{CHECKPOINT_PREFIX}{step:06d}", folder / f".tmp_{CHECKPOINT_PREFIX}{step:06d}"
         if acc.is_main_process:
+            self._flush_trackers()  # every event up to `step` is on disk before the checkpoint exists
             folder.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(tmp, ignore_errors=True)
         acc.wait_for_everyone()
@@ -344,13 +513,20 @@ class Trainer:
         if acc.is_main_process:
             if self.ema is not None:
                 save_ema(self.ema, self.ema_target(), tmp / EMA_DIR)
-            state = {"step": step, "objective": self.config.objective.name, "networks": _network_signature(self._unwrapped_networks())}
+            state = {"step": step, "objective": self.config.objective.name, "ema": self.ema is not None,
+                     "networks": _network_signature(self._unwrapped_networks())}
             (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
             _atomic_replace_dir(tmp, final)
             self._prune_checkpoints()
         acc.wait_for_everyone()
         self.last_checkpoint = final
         return final
+
+    def _flush_trackers(self) -> None:
+        for tracker in self.accelerator.trackers:
+            writer = getattr(tracker, "writer", None)
+            if writer is not None and hasattr(writer, "flush"):
+                writer.flush()
 
     def _prune_checkpoints(self) -> None:
         limit = self.config.checkpoints_total_limit
@@ -476,7 +652,11 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(self.config, self.run_dir / "config.yaml")
         if self.config.log_with != "none":
-            self.accelerator.init_trackers("train", config=_flat_hparams(self.config.to_dict()))
+            # Events of an earlier attempt after the step this run starts from (steps > start_step, or all of
+            # them for a fresh start) are purged: tensorboard then shows every step once.
+            purge_step = self.start_step + 1 if self.resume_from is not None else 0
+            self.accelerator.init_trackers("train", config=_flat_hparams(self.config.to_dict()),
+                                           init_kwargs={"tensorboard": {"purge_step": purge_step}})
 
     def _periodic(self, step: int, result: TrainResult) -> None:
         """Checkpoint, sample grid and evaluation at their configured intervals (after `step` steps)."""

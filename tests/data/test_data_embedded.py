@@ -65,5 +65,5 @@ def test_get_dataset_dispatch_and_errors():
         get_dataset("cifar10")
     with pytest.raises(ValueError, match="unknown split 'val'"):
         get_dataset("mnist", split="val")
-    with pytest.raises(TypeError, match="path="):
+    with pytest.raises(ValueError, match="path="):
         get_dataset("folder")
