@@ -1,5 +1,8 @@
 """Learned continuous samplers: exact at initialisation, lower error after fitting, NaN-safe, spec round trip."""
 
+import math
+
+import pytest
 import torch
 
 from fewstep.samplers import DiscreteVPPath, GaussianMixture, RectifiedFlowPath, get_schedule, get_solver, sample
@@ -17,6 +20,33 @@ def flow_fitting_problem():
     return denoiser, train, teacher_outputs(denoiser, train, 60), test, teacher_outputs(denoiser, test, 60)
 
 
+def dpmpp_3m_reference_weights(lams: torch.Tensor, i: int, order: int) -> torch.Tensor:
+    """Weights on (m_i, m_{i-1}, m_{i-2}) of diffusers' DPM-Solver++ 1/2/3M step i, from its update formulas.
+
+    diffusers writes the step as x' = (s'/s) x - a' (e^-h - 1) D with (newest first) D = D0 (order 1);
+    D0 + D1/2, D1 = (m0 - m1)/r0 (2M, "midpoint"); D0 - phi2/phi1 D1 + phi3/phi1 D2 with
+    D1 = D1_0 + r0/(r0 + r1) (D1_0 - D1_1), D2 = (D1_0 - D1_1)/(r0 + r1) (3M). Evaluated on unit vectors.
+    """
+    lams = [float(v) for v in lams]
+    h = lams[i + 1] - lams[i]
+    basis = torch.eye(3, dtype=torch.float64)
+    m0, m1, m2 = basis[0], basis[1], basis[2]
+    if order == 1:
+        return m0[:1]
+    r0 = (lams[i] - lams[i - 1]) / h
+    d1_0 = (m0 - m1) / r0
+    if order == 2:
+        return (m0 + 0.5 * d1_0)[:2]
+    r1 = (lams[i - 1] - lams[i - 2]) / h
+    d1_1 = (m1 - m2) / r1
+    d1 = d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1)
+    d2 = (d1_0 - d1_1) / (r0 + r1)
+    phi1 = math.expm1(-h)
+    phi2 = phi1 / h + 1
+    phi3 = phi2 / h - 0.5
+    return m0 - phi2 / phi1 * d1 + phi3 / phi1 * d2
+
+
 def test_initialisation_equals_analytic_solver():
     path = DiscreteVPPath.from_betas("linear")
     init = get_schedule("uniform", path, 6)
@@ -25,8 +55,14 @@ def test_initialisation_equals_analytic_solver():
     assert torch.allclose(ts, init, rtol=1e-9, atol=1e-12)
     solver = get_solver("dpmpp_3m")
     coeffs = LearnedWeights(solver, 6)(ts, path)
-    for i, plan in enumerate(solver.plan(ts, path)):
-        assert torch.equal(coeffs[i, : plan.order], plan.weights)
+    # 6 steps (< 15, lower_order_final): orders 1, 2, 3, 3, then 2, and 1 on the step that lands on t = 0;
+    # the rows start at diffusers' DPM-Solver++(3M) weights (rounding only: 1e-12), zero-padded
+    lams = path.lam(ts.detach())
+    for i, order in enumerate([1, 2, 3, 3, 2, 1]):
+        expected = torch.zeros(3, dtype=torch.float64)
+        expected[:order] = dpmpp_3m_reference_weights(lams, i, order)
+        torch.testing.assert_close(coeffs[i].detach(), expected, rtol=1e-12, atol=1e-12)
+        assert float(coeffs[i].detach().sum()) == pytest.approx(1.0, abs=1e-12)  # consistent: a constant x0_hat stays put
     x = torch.randn(5, 8, dtype=torch.float64)
     denoiser = MIXTURE.denoiser(path)
     assert torch.allclose(sample(denoiser, x, ts, solver, coeffs=coeffs).x, sample(denoiser, x, init, solver).x, atol=1e-10)
@@ -137,8 +173,6 @@ def test_learned_evaluation_times_fit_and_round_trip_through_spec_and_scheduler(
 
 
 def test_eval_times_are_checked():
-    import pytest
-
     path = RectifiedFlowPath()
     ts = get_schedule("uniform", path, 3)
     x = torch.randn(2, 8, dtype=torch.float64)

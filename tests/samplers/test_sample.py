@@ -54,6 +54,7 @@ def test_gradients_flow_to_the_grid_and_coefficients():
 
 
 def test_learned_coefficients_at_init_equal_analytic():
+    """coeffs holding the analytic weights run the very same arithmetic as coeffs=None: bit-equal by design."""
     denoiser = GaussianMixture.random(3, 2, seed=0).denoiser(ContinuousVPPath())
     ts = get_schedule("logsnr", denoiser.path, 6)
     solver = get_solver("dpmpp_3m")
@@ -62,6 +63,31 @@ def test_learned_coefficients_at_init_equal_analytic():
         coeffs[i, : plan.order] = plan.weights
     x = torch.randn(5, 2, dtype=torch.float64)
     assert torch.equal(sample(denoiser, x, ts, solver).x, sample(denoiser, x, ts, solver, coeffs=coeffs).x)
+
+
+def test_learned_coefficients_multiply_their_own_step():
+    """DDIM step i is x' = (s'/s) x + alpha' (1 - e^-h) c_i x0_hat_i: changing c_i by delta moves the state after
+    step i by exactly alpha' (1 - e^-h) delta x0_hat_i (closed form from the path), leaves the earlier steps
+    alone, and on the last step (to sigma = 0, where x' = c x0_hat) scales the sample by c."""
+    path = ContinuousVPPath()
+    denoiser = GaussianMixture.random(3, 2, seed=0).denoiser(path)
+    ts = get_schedule("logsnr", path, 6)
+    x = torch.randn(5, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    ones = torch.ones(6, 1, dtype=torch.float64)
+    base, changed = [], []
+    reference = sample(denoiser, x, ts, "ddim", coeffs=ones, callback=base.append).x
+    coeffs = ones.clone()
+    coeffs[2, 0] = 1.25
+    sample(denoiser, x, ts, "ddim", coeffs=coeffs, callback=changed.append)
+    assert torch.equal(changed[1].x, base[1].x)  # steps 0 and 1 ran the same arithmetic
+    alpha, _ = path.alpha_sigma(ts)
+    lam = path.lam(ts)
+    d_coef = alpha[3] * -torch.expm1(-(lam[3] - lam[2]))
+    torch.testing.assert_close(changed[2].x - base[2].x, d_coef * 0.25 * base[2].x0_hat, rtol=1e-9, atol=1e-13)
+    last = ones.clone()
+    last[-1, 0] = 3.0
+    torch.testing.assert_close(sample(denoiser, x, ts, "ddim", coeffs=last).x, 3.0 * reference, rtol=1e-14, atol=0)
+    torch.testing.assert_close(reference, base[-1].x0_hat, rtol=1e-14, atol=0)  # x' = x0_hat at sigma = 0
 
 
 def test_sde_solver_samples_the_data_distribution():

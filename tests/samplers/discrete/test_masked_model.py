@@ -31,6 +31,9 @@ def test_save_load_round_trip_and_denoiser(tmp_path):
     log_p0 = ModelDenoiser(loaded)(x, torch.tensor(0.5))
     assert log_p0.shape == (1, 8, 5)
     torch.testing.assert_close(log_p0.exp().sum(-1), torch.ones(1, 8))
+    # the denoiser is the saved network's log-softmax over the 5 real tokens (original model, before saving)
+    logits = model(x).sample
+    torch.testing.assert_close(log_p0, logits - logits.exp().sum(-1, keepdim=True).log(), rtol=1e-5, atol=1e-6)
 
 
 def test_nelbo_of_a_uniform_model_is_log_v():
@@ -89,7 +92,13 @@ def test_text_dataset_holds_out_the_end_of_the_corpus():
     assert train_set.vocab_size == len(ALPHABET) and train_set[0][0].shape == (32,)
     assert torch.equal(train_set.held_out(), test_set.sequences)
     assert (len(train_set) + len(test_set)) * 32 <= len(stdlib_text())
-    assert train_set.decode(train_set[0][0]) == decode(train_set[0][0])
+    # windows are consecutive: the first training window is the corpus' first 32 characters, the first
+    # held-out one starts at 90% of it
+    text = stdlib_text()
+    assert train_set.decode(train_set[0][0]) == text[:32] and train_set.decode(train_set[1][0]) == text[32:64]
+    cut = int(len(text) * 0.9)
+    assert test_set.decode(test_set[0][0]) == text[cut:cut + 32]
+    assert decode(torch.tensor([len(ALPHABET)])) == "\u2588"  # the mask id prints as a block
 
 
 def test_text_codec_and_ngram_proxy():
