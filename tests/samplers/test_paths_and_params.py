@@ -89,9 +89,14 @@ def test_parameterisations_round_trip(prediction_type, alpha, sigma):
     g = torch.Generator().manual_seed(0)
     x0, eps = torch.randn(4, 3, generator=g, dtype=torch.float64), torch.randn(4, 3, generator=g, dtype=torch.float64)
     x = alpha * x0 + sigma * eps
-    out = from_x0_eps(x0, eps, torch.tensor(alpha), torch.tensor(sigma), prediction_type)
-    x0_hat, eps_hat = to_x0_eps(out, x, torch.tensor(alpha), torch.tensor(sigma), prediction_type)
-    assert torch.allclose(x0_hat, x0) and torch.allclose(eps_hat, eps)
+    a, s = torch.tensor(alpha, dtype=torch.float64), torch.tensor(sigma, dtype=torch.float64)
+    out = from_x0_eps(x0, eps, a, s, prediction_type)
+    # the targets by definition (diffusers' names): a pair of functions wrong in the same way would round-trip
+    definition = {"epsilon": eps, "v_prediction": alpha * eps - sigma * x0, "sample": x0, "flow_prediction": eps - x0}
+    torch.testing.assert_close(out, definition[prediction_type], rtol=1e-14, atol=1e-14)
+    x0_hat, eps_hat = to_x0_eps(out, x, a, s, prediction_type)
+    torch.testing.assert_close(x0_hat, x0, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(eps_hat, eps, rtol=1e-12, atol=1e-12)
 
 
 def test_unknown_prediction_type_lists_valid():

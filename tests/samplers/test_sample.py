@@ -114,9 +114,13 @@ def test_cfg_denoiser_extrapolates_x0():
 
 
 def test_dynamic_thresholding_matches_definition():
+    """Imagen: s = the q-quantile of |x0| (linear interpolation), clamped to [1, max]; x0 -> clamp(x0, -s, s) / s."""
+    # |x0| sorted 0.1, 0.5, 2, 3: the 0.75-quantile sits at 2.25 of 3 -> s = 2 + 0.25 (3 - 2) = 2.25
     x0 = torch.tensor([[0.5, -3.0, 2.0, 0.1]])
-    s = torch.quantile(x0.abs(), 0.75, dim=1).clamp(1, 2.5)
-    assert torch.allclose(dynamic_threshold(x0, 0.75, 2.5), x0.clamp(-s, s) / s)
+    assert torch.allclose(dynamic_threshold(x0, 0.75, 2.5), torch.tensor([[0.5 / 2.25, -1.0, 2.0 / 2.25, 0.1 / 2.25]]))
+    # 4 + 0.25 (6 - 4) = 4.5 is clamped to the maximum 2.5
+    x0 = torch.tensor([[0.5, -6.0, 4.0, 0.1]])
+    assert torch.allclose(dynamic_threshold(x0, 0.75, 2.5), torch.tensor([[0.2, -1.0, 1.0, 0.04]]))
     assert torch.equal(dynamic_threshold(torch.tensor([[0.5, -0.9]])), torch.tensor([[0.5, -0.9]]))
 
 
