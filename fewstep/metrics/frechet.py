@@ -16,9 +16,18 @@ computed in float64 with symmetric / SVD solvers: no complex arithmetic, no non-
   they are at hand (exact), else a pivoted Cholesky that stops at the numerical rank — and the
   nuclear norm of `F1 F2^T`, an r1 x r2 SVD.
 
+Inputs are checked, not repaired (`check_covariance`): a covariance must be symmetric,
+`||S - S^T||_F <= 1e-6 ||S||_F` (it is then symmetrised exactly), and positive semi-definite up
+to round-off, smallest eigenvalue `>= -1e-6 Tr(S)` (tested as: `S + 1e-6 Tr(S) I` has a Cholesky
+factor). Float64 round-off is ~1e-13 Tr(S) and storing a covariance in float32 moves its
+eigenvalues by at most ~6e-8 Tr(S), so only matrices that are not covariances fail (sigma = -I, a
+garbage triangle, an inverse covariance with the wrong sign...).
+
 Round-off makes eigenvalues of PSD matrices come out as tiny negatives (about -1e-16 times the
-largest); they are clipped to 0 before the square root, and the final distance is clipped at 0,
-so near-identical sets give 0.0 or a tiny positive number, never a negative or complex one.
+largest); they are clipped to 0 before the square root. The distance itself is clipped at 0 only
+within round-off: a result below `-1e-6 (Tr S1 + Tr S2)` (the scale of the terms that cancel) is
+an error, never reported as 0. So near-identical sets give 0.0 or a tiny positive number, and
+a clearly negative value raises instead of passing for a perfect score.
 """
 
 from __future__ import annotations
@@ -27,12 +36,77 @@ import numpy as np
 import torch
 from torch import Tensor
 
+SYMMETRY_RTOL = 1e-6
+"""A covariance S passes as symmetric when `||S - S^T||_F <= SYMMETRY_RTOL * ||S||_F`."""
+PSD_RTOL = 1e-6
+"""A covariance S passes as PSD when its smallest eigenvalue is `>= -PSD_RTOL * Tr(S)`."""
+NEGATIVE_RTOL = 1e-6
+"""An FD in `[-NEGATIVE_RTOL * (Tr S1 + Tr S2), 0)` is round-off and clipped to 0; below, an error."""
+
 
 def _f64(x: np.ndarray | Tensor) -> Tensor:
     """A float64 CPU-or-device tensor view of `x` (numpy arrays stay on CPU)."""
     if isinstance(x, Tensor):
         return x.to(torch.float64)
     return torch.from_numpy(np.asarray(x, dtype=np.float64))
+
+
+def check_covariance(sigma: np.ndarray | Tensor, name: str = "sigma") -> Tensor:
+    """`sigma` as a float64 tensor, exactly symmetrised, after checking that it is a covariance.
+
+    Symmetric: `||S - S^T||_F <= SYMMETRY_RTOL ||S||_F`; positive semi-definite up to round-off:
+    smallest eigenvalue `>= -PSD_RTOL Tr(S)`, tested with one Cholesky of `S + PSD_RTOL Tr(S) I`
+    (O(d^3 / 3); the eigenvalues are computed only for the error message). `name` says where
+    the matrix came from (e.g. the statistics file) in the ValueError raised otherwise.
+    """
+    return _checked_covariance(sigma, name)[0]
+
+
+def _checked_covariance(sigma: np.ndarray | Tensor, name: str) -> tuple[Tensor, Tensor | None]:
+    """(symmetrised sigma, its Cholesky factor L if positive definite else None); see `check_covariance`."""
+    sigma = _f64(sigma)
+    if sigma.ndim != 2 or sigma.shape[0] != sigma.shape[1]:
+        raise ValueError(f"{name} must be a square (d, d) covariance matrix, got shape {tuple(sigma.shape)}")
+    if not torch.isfinite(sigma).all():
+        raise ValueError(f"{name} contains NaN or infinite values; recompute the statistics")
+    norm = float(torch.linalg.matrix_norm(sigma))
+    asymmetry = float(torch.linalg.matrix_norm(sigma - sigma.T))
+    if asymmetry > SYMMETRY_RTOL * norm:
+        raise ValueError(
+            f"{name} is not symmetric (||S - S^T|| / ||S|| = {asymmetry / norm:.3g}, tolerance "
+            f"{SYMMETRY_RTOL:g}), so it is not a covariance matrix: the data is damaged or is not a "
+            "covariance; recompute the statistics (`fewstep fid stats INPUT --out FILE.npz`)"
+        )
+    sigma = (sigma + sigma.T) / 2
+    if norm == 0:  # every feature vector identical: a valid (zero) covariance
+        return sigma, None
+    lower, info = torch.linalg.cholesky_ex(sigma)
+    if int(info) == 0:
+        return sigma, lower
+    scale = float(sigma.diagonal().abs().sum())  # = Tr(S) for a PSD matrix
+    shift = PSD_RTOL * scale
+    eye = torch.eye(sigma.shape[0], dtype=sigma.dtype, device=sigma.device)
+    if scale == 0 or int(torch.linalg.cholesky_ex(sigma + shift * eye)[1]) != 0:
+        smallest = float(torch.linalg.eigvalsh(sigma)[0])
+        raise ValueError(
+            f"{name} is not positive semi-definite: its smallest eigenvalue is {smallest:.4g}, below the "
+            f"round-off tolerance -{PSD_RTOL:g} x (sum of |diagonal|, the trace of a covariance) = "
+            f"{-shift:.4g}, so it is not a covariance matrix "
+            "(a negated or inverse matrix, or damaged data?); recompute the statistics "
+            "(`fewstep fid stats INPUT --out FILE.npz`)"
+        )
+    return sigma, None
+
+
+def _clip_round_off(value: float, scale: float) -> float:
+    """`max(value, 0)` when value >= -NEGATIVE_RTOL * scale (round-off); a ValueError below that."""
+    if value < -NEGATIVE_RTOL * scale:
+        raise ValueError(
+            f"the Frechet distance came out clearly negative ({value:.6g}, below the round-off tolerance "
+            f"-{NEGATIVE_RTOL:g} x (Tr S1 + Tr S2) = {-NEGATIVE_RTOL * scale:.3g}); the statistics are not "
+            "covariances of real features, or this is a bug: please report it with the two inputs"
+        )
+    return max(value, 0.0)
 
 
 def covariance_factor(sigma: Tensor) -> Tensor:
@@ -67,17 +141,22 @@ def trace_sqrt_product(
     sigma2: Tensor | None,
     factor1: Tensor | None = None,
     factor2: Tensor | None = None,
+    lower1: Tensor | None = None,
+    lower2: Tensor | None = None,
 ) -> float:
     """`Tr((S1 S2)^{1/2})` in float64 (see module docstring).
 
-    sigma1, sigma2: (d, d) covariances; factor1, factor2: optional (r, d) factors with
-    `F^T F = S`. Both covariances positive definite: `sum sqrt(eigvalsh(L1^T S2 L1))`. Otherwise
-    (n <= d, or factors given) the nuclear norm of `F1 F2^T` (r1 x r2): singular values carry
-    round-off of order eps, where eigenvalues of a singular product would carry sqrt(eps).
+    sigma1, sigma2: (d, d) symmetric PSD covariances; factor1, factor2: optional (r, d) factors
+    with `F^T F = S`; lower1, lower2: optional Cholesky factors already computed. Both
+    covariances positive definite: `sum sqrt(eigvalsh(L1^T S2 L1))`. Otherwise (n <= d, or
+    factors given) the nuclear norm of `F1 F2^T` (r1 x r2): singular values carry round-off of
+    order eps, where eigenvalues of a singular product would carry sqrt(eps).
     """
     if factor1 is None and factor2 is None:
-        lower1, info1 = torch.linalg.cholesky_ex(sigma1)
-        if int(info1) == 0 and int(torch.linalg.cholesky_ex(sigma2)[1]) == 0:
+        if lower1 is None:
+            lower1, info1 = torch.linalg.cholesky_ex(sigma1)
+            lower1 = lower1 if int(info1) == 0 else None
+        if lower1 is not None and (lower2 is not None or int(torch.linalg.cholesky_ex(sigma2)[1]) == 0):
             inner = lower1.T @ sigma2 @ lower1
             inner = (inner + inner.T) / 2  # exact symmetry for the symmetric solver
             return float(torch.linalg.eigvalsh(inner).clamp(min=0).sqrt().sum())
@@ -94,9 +173,11 @@ def frechet_distance(
     factor1: Tensor | None = None,
     factor2: Tensor | None = None,
 ) -> float:
-    """Frechet distance `|mu1 - mu2|^2 + Tr(S1 + S2 - 2 (S1 S2)^{1/2})` in float64, clipped at 0.
+    """Frechet distance `|mu1 - mu2|^2 + Tr(S1 + S2 - 2 (S1 S2)^{1/2})` in float64.
 
     mu: (d,), sigma: (d, d); optional factors (r, d) with `F^T F = sigma` select the low-rank path.
+    Each sigma must be symmetric and PSD up to round-off (`check_covariance`); the result is
+    clipped at 0 only within round-off (`NEGATIVE_RTOL`), else a ValueError.
     """
     mu1, mu2, sigma1, sigma2 = (_f64(a) for a in (mu1, mu2, sigma1, sigma2))
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != (mu1.numel(),) * 2:
@@ -105,15 +186,17 @@ def frechet_distance(
             f"sigma {tuple(sigma1.shape)} vs {tuple(sigma2.shape)}; both sides must use the same "
             "feature extractor"
         )
-    for name, value in (("mu1", mu1), ("sigma1", sigma1), ("mu2", mu2), ("sigma2", sigma2)):
+    for name, value in (("mu1", mu1), ("mu2", mu2)):
         if not torch.isfinite(value).all():
             raise ValueError(f"{name} contains NaN or infinite values; recompute the statistics")
+    sigma1, lower1 = _checked_covariance(sigma1, "sigma1")
+    sigma2, lower2 = _checked_covariance(sigma2, "sigma2")
     factor1 = None if factor1 is None else _f64(factor1)
     factor2 = None if factor2 is None else _f64(factor2)
     mean_term = float((mu1 - mu2).square().sum())
     trace_term = float(sigma1.trace() + sigma2.trace())
-    cross = trace_sqrt_product(sigma1, sigma2, factor1, factor2)
-    return max(mean_term + trace_term - 2.0 * cross, 0.0)
+    cross = trace_sqrt_product(sigma1, sigma2, factor1, factor2, lower1, lower2)
+    return _clip_round_off(mean_term + trace_term - 2.0 * cross, trace_term)
 
 
 def frechet_distance_from_features(features1: Tensor, features2: Tensor) -> float:
@@ -129,6 +212,6 @@ def frechet_distance_from_features(features1: Tensor, features2: Tensor) -> floa
     if f1 is not None and f2 is not None:  # never form a d x d matrix
         mean_term = float((x1.mean(0) - x2.mean(0)).square().sum())
         trace_term = float(f1.square().sum() + f2.square().sum())
-        return max(mean_term + trace_term - 2.0 * trace_sqrt_product(None, None, f1, f2), 0.0)
+        return _clip_round_off(mean_term + trace_term - 2.0 * trace_sqrt_product(None, None, f1, f2), trace_term)
     return frechet_distance(x1.mean(0), torch.cov(x1.T).reshape(d, d), x2.mean(0),
                             torch.cov(x2.T).reshape(d, d), f1, f2)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import zipfile
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,18 +138,36 @@ def iterate_folder(
 
 
 def _open_npz_array(path: Path, key: str = "arr_0") -> tuple[zipfile.ZipFile, object, tuple, np.dtype, bool]:
-    """Open one array of an .npz for streaming: (archive, file object at data, shape, dtype, fortran)."""
-    archive = zipfile.ZipFile(path)
-    stream = archive.open(f"{key}.npy")
-    version = np.lib.format.read_magic(stream)
-    read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
-    if version not in read_header:
+    """Open one array of an .npz for streaming: (archive, file object at data, shape, dtype, fortran).
+
+    Every error names the file and says what is expected (ValueError).
+    """
+    try:
+        archive = zipfile.ZipFile(path)
+    except zipfile.BadZipFile as error:
+        raise ValueError(f"{str(path)!r} is not a valid .npz file: {error}") from error
+    try:
+        stream = archive.open(f"{key}.npy")
+        version = np.lib.format.read_magic(stream)
+        read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+        if version not in read_header:
+            raise ValueError(f"unsupported .npy format version {version}")
+        shape, fortran, dtype = read_header[version](stream)  # header only, no data read
+    except KeyError as error:
         archive.close()
-        raise ValueError(f"{str(path)!r}: unsupported .npy format version {version} for {key}")
-    shape, fortran, dtype = read_header[version](stream)  # header only, no data read
+        raise ValueError(f"{str(path)!r} has no {key!r} array (keys: {', '.join(npz_keys(path))})") from error
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        archive.close()
+        raise ValueError(
+            f"{str(path)!r}: cannot read the header of {key} ({error}); expected a uint8 NHWC image array "
+            "saved with np.savez"
+        ) from error
     if dtype.hasobject:
         archive.close()
-        raise ValueError(f"{str(path)!r}: {key} holds Python objects; expected a uint8 NHWC image array")
+        raise ValueError(
+            f"{str(path)!r}: {key} holds Python objects (it would need pickle to load, which is refused); "
+            "expected a uint8 NHWC image array (np.savez(path, arr_0=images.astype(np.uint8)))"
+        )
     return archive, stream, shape, dtype, fortran
 
 
@@ -174,10 +193,16 @@ def iterate_npz_images(
 
     def batches() -> Iterator[list[Item]]:
         try:
-            stream.seek(stream.tell() + start * row_bytes)
+            try:
+                stream.seek(stream.tell() + start * row_bytes)
+            except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+                raise ValueError(f"{str(path)!r}: cannot read arr_0 (damaged file?): {error}") from error
             for first in range(start, stop, batch_size):
                 count = min(batch_size, stop - first)
-                raw = stream.read(count * row_bytes)
+                try:
+                    raw = stream.read(count * row_bytes)
+                except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+                    raise ValueError(f"{str(path)!r}: cannot read arr_0 at row {first} (damaged file?): {error}") from error
                 if len(raw) != count * row_bytes:
                     raise ValueError(f"{str(path)!r}: arr_0 is truncated at row {first}")
                 block = torch.from_numpy(np.frombuffer(raw, dtype=np.uint8).reshape(count, *shape[1:]).copy())

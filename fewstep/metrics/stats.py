@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,27 +141,84 @@ def npz_keys(path: str | os.PathLike) -> list[str]:
         raise ValueError(f"{str(path)!r} is not a valid .npz file: {error}") from error
 
 
-def load_stats(path: str | os.PathLike) -> Stats:
-    """Read `mu`, `sigma` (+ metadata if present) from an .npz (ours, pytorch-fid's or EDM's)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"statistics file {str(path)!r} does not exist")
+def _read_array(data: "np.lib.npyio.NpzFile", key: str, path: Path, expected: str) -> np.ndarray:
+    """`data[key]`, with errors (object arrays, unreadable members) that name the file and the key."""
     try:
-        with np.load(path, allow_pickle=False) as data:
+        return data[key]
+    except ValueError as error:  # numpy: "Object arrays cannot be loaded when allow_pickle=False"
+        if "allow_pickle" in str(error):
+            raise ValueError(
+                f"statistics file {str(path)!r}: {key!r} is an array of Python objects, which is not "
+                f"loaded (it would need pickle); expected {expected}. Save plain numeric arrays "
+                "(np.savez(path, mu=mu.astype(np.float64), sigma=sigma.astype(np.float64))) or "
+                "recompute it with `fewstep fid stats INPUT --out FILE.npz`"
+            ) from error
+        raise ValueError(f"statistics file {str(path)!r}: cannot read {key!r}: {error}") from error
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        raise ValueError(f"statistics file {str(path)!r}: cannot read {key!r} (damaged file?): {error}") from error
+
+
+def _as_float64(array: np.ndarray, key: str, path: Path, expected: str) -> np.ndarray:
+    if array.dtype.kind not in "biuf":
+        raise ValueError(
+            f"statistics file {str(path)!r}: {key!r} has dtype {array.dtype}; expected {expected}"
+        )
+    return np.asarray(array, dtype=np.float64)
+
+
+def load_stats(path: str | os.PathLike) -> Stats:
+    """Read `mu`, `sigma` (+ metadata if present) from an .npz (ours, pytorch-fid's or EDM's).
+
+    Checks that `sigma` is a covariance (symmetric, PSD up to round-off; see
+    `fewstep.metrics.frechet.check_covariance`) and returns it exactly symmetrised. Every error
+    names the file.
+    """
+    from fewstep.metrics.frechet import check_covariance
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"statistics file {str(path)!r} does not exist")
+    if not path.is_file():
+        raise ValueError(f"statistics file {str(path)!r} is not a file; give an .npz with 'mu' and 'sigma'")
+    mu_expected, sigma_expected = "float mu of shape (d,)", "float sigma of shape (d, d)"
+    try:
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise ValueError(
+                f"{str(path)!r} holds a single array (.npy), not an .npz archive with 'mu' and 'sigma'; "
+                "make one with `fewstep fid stats FOLDER --out FILE.npz`"
+            )
+        with data:
             if "mu" not in data or "sigma" not in data:
                 raise ValueError(
                     f"{str(path)!r} has no 'mu' and 'sigma' arrays (keys: {', '.join(data.files)}); "
                     "make one with `fewstep fid stats FOLDER --out FILE.npz`"
                 )
-            mu = np.asarray(data["mu"], dtype=np.float64)
-            sigma = np.asarray(data["sigma"], dtype=np.float64)
-            n = int(data["n"]) if "n" in data else 0
-            extractor = str(data["extractor"]) if "extractor" in data else UNKNOWN
-            protocol = str(data["protocol"]) if "protocol" in data else UNKNOWN
-    except (OSError, zipfile.BadZipFile) as error:
-        raise ValueError(f"cannot read statistics file {str(path)!r}: {error}") from error
+            mu = _as_float64(_read_array(data, "mu", path, mu_expected), "mu", path, mu_expected)
+            sigma = _as_float64(_read_array(data, "sigma", path, sigma_expected), "sigma", path, sigma_expected)
+            meta = {key: _read_array(data, key, path, "a scalar") for key in ("n", "extractor", "protocol")
+                    if key in data}
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        raise ValueError(f"cannot read statistics file {str(path)!r} (not an .npz, or damaged): {error}") from error
+    except ValueError as error:
+        if str(path) in str(error):
+            raise
+        raise ValueError(f"cannot read statistics file {str(path)!r} (not an .npz, or damaged): {error}") from error
+    try:
+        n = int(meta["n"]) if "n" in meta else 0
+        extractor = str(meta["extractor"].item()) if "extractor" in meta else UNKNOWN
+        protocol = str(meta["protocol"].item()) if "protocol" in meta else UNKNOWN
+    except (TypeError, ValueError) as error:
+        raise ValueError(
+            f"statistics file {str(path)!r}: metadata 'n', 'extractor', 'protocol' must be one integer and two "
+            f"strings ({error}); remove them or recompute the file with `fewstep fid stats`"
+        ) from error
     if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
-        raise ValueError(f"{str(path)!r}: mu {mu.shape} and sigma {sigma.shape} do not describe one Gaussian")
+        raise ValueError(
+            f"{str(path)!r}: mu {mu.shape} and sigma {sigma.shape} do not describe one Gaussian; expected "
+            "mu of shape (d,) and sigma of shape (d, d)"
+        )
     if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
         raise ValueError(f"{str(path)!r} contains NaN or infinite statistics; recompute it")
+    sigma = check_covariance(sigma, name=f"statistics file {str(path)!r}: sigma").numpy()
     return Stats(mu=mu, sigma=sigma, n=n, extractor=extractor, protocol=protocol)

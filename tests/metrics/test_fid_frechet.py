@@ -7,11 +7,16 @@ import pytest
 import torch
 from pytorch_fid.fid_score import calculate_frechet_distance
 
+from fewstep.metrics import frechet
 from fewstep.metrics.frechet import (
+    NEGATIVE_RTOL,
+    PSD_RTOL,
+    check_covariance,
     covariance_factor,
     feature_factor,
     frechet_distance,
     frechet_distance_from_features,
+    trace_sqrt_product,
 )
 
 
@@ -99,14 +104,62 @@ def test_covariance_factor_reconstructs():
         assert torch.allclose(factor.T @ factor, sigma, atol=1e-12)
 
 
-def test_identical_and_near_identical_sets_are_zero_not_negative():
+@pytest.mark.parametrize("n", [50, 500])  # rank-deficient (pivoted Cholesky + SVD) and full rank (eigvalsh)
+def test_identical_sets_cross_term_is_the_trace(n):
+    """Tr((S S)^{1/2}) = Tr(S) for any PSD S: the term that must cancel Tr S1 + Tr S2, checked
+    before any clipping (so an error in it cannot hide behind `max(FD, 0)`)."""
     rng = np.random.default_rng(6)
-    x = rng.standard_normal((50, 80))  # rank-deficient covariance: eigenvalues ~ -1e-16 appear
-    mu, sigma = x.mean(0), np.cov(x, rowvar=False)
+    x = rng.standard_normal((n, 80))
+    sigma = check_covariance(np.cov(x, rowvar=False))
+    assert trace_sqrt_product(sigma, sigma) == pytest.approx(float(sigma.trace()), rel=1e-12)
+    mu = x.mean(0)
     same = frechet_distance(mu, sigma, mu, sigma)
     assert isinstance(same, float) and 0.0 <= same < 1e-10
+    # true value 80 * 1e-18 + Tr(S) * (1e-12)^2 / 4: zero to round-off
     nudged = frechet_distance(mu, sigma, mu + 1e-9, sigma * (1 + 1e-12))
     assert isinstance(nudged, float) and 0.0 <= nudged < 1e-8
+
+
+def test_clearly_negative_distance_raises_round_off_is_clipped(monkeypatch):
+    """Only a result within NEGATIVE_RTOL x (Tr S1 + Tr S2) of 0 is clipped; below, an error (not 0)."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((200, 10))
+    mu, sigma = x.mean(0), np.cov(x, rowvar=False)
+    trace = float(np.trace(sigma))
+    real = trace_sqrt_product
+    monkeypatch.setattr(frechet, "trace_sqrt_product", lambda *a: real(*a) + 0.1 * NEGATIVE_RTOL * trace)
+    assert frechet_distance(mu, sigma, mu, sigma) == 0.0  # -0.2e-6 of the scale: round-off, clipped
+    monkeypatch.setattr(frechet, "trace_sqrt_product", lambda *a: real(*a) + 10 * NEGATIVE_RTOL * trace)
+    with pytest.raises(ValueError, match="clearly negative"):
+        frechet_distance(mu, sigma, mu, sigma)
+    with pytest.raises(ValueError, match="clearly negative"):
+        frechet_distance_from_features(torch.tensor(x[:8]), torch.tensor(x[:8]))
+
+
+def test_covariances_are_checked_symmetric_and_psd():
+    """sigma = -I used to give FD 0.0 (clipped), a garbage upper triangle ~2e-16."""
+    d = 12
+    with pytest.raises(ValueError, match="sigma1 is not positive semi-definite.*smallest eigenvalue is -1"):
+        frechet_distance(np.zeros(d), -np.eye(d), np.zeros(d), -np.eye(d))
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((100, d))
+    sigma = np.cov(x, rowvar=False)
+    garbage = sigma.copy()
+    garbage[np.triu_indices(d, 1)] = 5 * rng.standard_normal(d * (d - 1) // 2)
+    with pytest.raises(ValueError, match="sigma2 is not symmetric"):
+        frechet_distance(x.mean(0), sigma, x.mean(0), garbage)
+    # the boundary: eigenvalue -10 x tolerance refused, -0.1 x tolerance accepted (then clipped to 0)
+    q, _ = np.linalg.qr(rng.standard_normal((d, d)))
+    for factor, ok in ((10, False), (0.1, True)):
+        eigenvalues = np.ones(d)
+        eigenvalues[0] = -factor * PSD_RTOL * (d - 1)  # trace ~ d - 1
+        candidate = (q * eigenvalues) @ q.T
+        if ok:
+            checked = check_covariance(candidate, "candidate")
+            assert torch.equal(checked, checked.T)
+        else:
+            with pytest.raises(ValueError, match="candidate is not positive semi-definite"):
+                check_covariance(candidate, "candidate")
 
 
 def test_bad_inputs():

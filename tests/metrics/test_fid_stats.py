@@ -72,12 +72,73 @@ def test_failed_save_leaves_nothing_behind(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_load_errors(tmp_path):
+def test_load_errors_name_the_file(tmp_path):
     np.savez(tmp_path / "wrong.npz", foo=np.zeros(2))
-    with pytest.raises(ValueError, match="no 'mu' and 'sigma'"):
+    with pytest.raises(ValueError, match="wrong.npz.*no 'mu' and 'sigma'"):
         load_stats(tmp_path / "wrong.npz")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match="missing.npz"):
         load_stats(tmp_path / "missing.npz")
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="junk.npz"):
         load_stats(tmp_path / "junk.npz")
+    np.save(tmp_path / "single.npy", np.zeros(3))
+    with pytest.raises(ValueError, match="single.npy.*single array"):
+        load_stats(tmp_path / "single.npy")
+    with pytest.raises(ValueError, match="is not a file"):
+        load_stats(tmp_path)
+
+
+def test_object_string_and_bad_metadata_arrays_name_the_file_and_what_is_expected(tmp_path):
+    """np.load(allow_pickle=False) alone says only 'Object arrays cannot be loaded ...'."""
+    np.savez(tmp_path / "objects.npz", mu=np.zeros(3), sigma=np.array([np.eye(3)], dtype=object))
+    with pytest.raises(ValueError, match=r"objects.npz.*'sigma' is an array of Python objects.*expected float "
+                                         r"sigma of shape \(d, d\)"):
+        load_stats(tmp_path / "objects.npz")
+    np.savez(tmp_path / "object_meta.npz", mu=np.zeros(3), sigma=np.eye(3), n=np.array([None], dtype=object))
+    with pytest.raises(ValueError, match="object_meta.npz.*'n' is an array of Python objects"):
+        load_stats(tmp_path / "object_meta.npz")
+    np.savez(tmp_path / "strings.npz", mu=np.array(["0", "0", "0"]), sigma=np.eye(3))
+    with pytest.raises(ValueError, match="strings.npz.*'mu' has dtype <U1; expected float mu"):
+        load_stats(tmp_path / "strings.npz")
+    np.savez(tmp_path / "bad_n.npz", mu=np.zeros(3), sigma=np.eye(3), n=np.arange(2))
+    with pytest.raises(ValueError, match="bad_n.npz.*metadata"):
+        load_stats(tmp_path / "bad_n.npz")
+    np.savez(tmp_path / "shapes.npz", mu=np.zeros(3), sigma=np.eye(4))
+    with pytest.raises(ValueError, match="shapes.npz.*do not describe one Gaussian"):
+        load_stats(tmp_path / "shapes.npz")
+
+
+def test_sigma_that_is_not_a_covariance_is_refused_naming_the_file(tmp_path):
+    """sigma = -I used to load (and score FD 0.000); a garbage upper triangle too (FD 2e-16)."""
+    np.savez(tmp_path / "negative.npz", mu=np.zeros(4), sigma=-np.eye(4))
+    with pytest.raises(ValueError, match="negative.npz.*not positive semi-definite.*smallest eigenvalue is -1"):
+        load_stats(tmp_path / "negative.npz")
+    rng = np.random.default_rng(3)
+    sigma = np.cov(rng.standard_normal((50, 6)), rowvar=False)
+    garbage = sigma.copy()
+    garbage[np.triu_indices(6, 1)] = rng.standard_normal(15)
+    np.savez(tmp_path / "garbage.npz", mu=np.zeros(6), sigma=garbage)
+    with pytest.raises(ValueError, match="garbage.npz.*not symmetric"):
+        load_stats(tmp_path / "garbage.npz")
+    # a clear negative eigenvalue (-1e-4 of the trace) in an otherwise symmetric matrix
+    q, _ = np.linalg.qr(rng.standard_normal((6, 6)))
+    eigenvalues = np.array([-1e-4 * 6, 1, 1, 1, 1, 1])
+    np.savez(tmp_path / "indefinite.npz", mu=np.zeros(6), sigma=(q * eigenvalues) @ q.T)
+    with pytest.raises(ValueError, match="indefinite.npz.*not positive semi-definite"):
+        load_stats(tmp_path / "indefinite.npz")
+
+
+def test_round_off_is_within_the_covariance_tolerance(tmp_path):
+    """Tolerances (docs/metrics.md): symmetric to 1e-6 (Frobenius, relative); eigenvalues >= -1e-6 trace.
+    Rank-deficient float64 covariances, the same stored in float32, tiny asymmetry and the zero
+    matrix all load; sigma comes back exactly symmetric."""
+    rng = np.random.default_rng(4)
+    rank_deficient = np.cov(rng.standard_normal((20, 64)) @ rng.standard_normal((64, 64)), rowvar=False)
+    assert np.linalg.eigvalsh(rank_deficient)[0] < 0  # round-off: the null space comes out slightly negative
+    asymmetric = rank_deficient + 1e-9 * np.abs(rank_deficient).max() * rng.standard_normal((64, 64))
+    for name, sigma in (("f64", rank_deficient), ("f32", rank_deficient.astype(np.float32)),
+                        ("asym", asymmetric), ("zero", np.zeros((64, 64)))):
+        np.savez(tmp_path / f"{name}.npz", mu=np.zeros(64), sigma=sigma)
+        loaded = load_stats(tmp_path / f"{name}.npz").sigma
+        np.testing.assert_array_equal(loaded, loaded.T)
+        np.testing.assert_allclose(loaded, sigma, rtol=0, atol=1e-8 * np.abs(sigma).max())
