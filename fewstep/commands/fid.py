@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
+import traceback
+from pathlib import Path
 from typing import Any
 
 DESCRIPTION = """\
@@ -22,7 +25,8 @@ registered feature network, KID, FID-infinity and bootstrap intervals.
   fewstep fid A B [options]              A, B: image folder (recursive png/jpg/jpeg/webp/bmp),
                                          ADM-style .npz image batch (arr_0, uint8 NHWC), or
                                          .npz statistics (mu, sigma; pytorch-fid/EDM compatible)
-  fewstep fid stats A --out FILE.npz     write A's statistics (mu, sigma + extractor, protocol, n)
+  fewstep fid stats A --out FILE.npz     write A's statistics (mu, sigma + extractor, protocol, n);
+                                         an existing FILE is refused unless --overwrite
 
 To score a folder literally named "stats", write ./stats.
 Under `accelerate launch [--multi_gpu --num_processes N] -m fewstep fid ...` features are
@@ -39,10 +43,14 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="A B, or: stats A --out FILE.npz")
-    parser.add_argument("--out", help="with `stats`: the .npz to write (atomically)")
+    parser.add_argument("--out", help="with `stats`: the .npz to write (atomically); checked before any work")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="with `stats`: replace an existing --out file (refused otherwise)")
     parser.add_argument("--features", default=None,
                         help="feature extractor: a registered name (inception, mnist, ...) or "
-                             "package.module:callable (default: the statistics file's, else inception)")
+                             "package.module:callable, the callable being an nn.Module (instance or "
+                             "class), a function images -> features, or a factory returning a module "
+                             "(default: the statistics file's extractor, else inception)")
     parser.add_argument("--weights", default=None,
                         help="weights file for the extractor (inception: else $FEWSTEP_INCEPTION_WEIGHTS, "
                              "else the torch hub cache)")
@@ -73,11 +81,45 @@ def _check_args(args: argparse.Namespace) -> bool:
             raise ValueError("--kid, --bootstrap and --fid-inf score two sets; they do not apply to `stats`")
     elif len(args.inputs) != 2:
         raise ValueError(f"give two inputs to compare (got {len(args.inputs)}), or `stats INPUT --out FILE.npz`")
-    elif args.out:
-        raise ValueError("--out is only used with `fewstep fid stats INPUT --out FILE.npz`")
+    elif args.out or args.overwrite:
+        raise ValueError("--out and --overwrite are only used with `fewstep fid stats INPUT --out FILE.npz`")
     if args.batch_size < 1 or args.num_workers < 0:
         raise ValueError("--batch-size must be >= 1 and --num-workers >= 0")
     return stats_mode
+
+
+def _check_output(out: str, overwrite: bool) -> None:
+    """Refuse an --out that cannot or should not be written, before any feature is computed.
+
+    The file must end in .npz, must not be a folder, must not exist (unless --overwrite), and the
+    nearest existing folder above it must be a writable folder (missing folders below it are
+    created when the file is written).
+    """
+    path = Path(out)
+    if path.is_dir():
+        raise IsADirectoryError(f"--out {out!r} is a folder; give a file name, e.g. --out {str(path / 'stats.npz')!r}")
+    if path.suffix != ".npz":
+        raise ValueError(
+            f"--out {out!r}: statistics files end in .npz (numpy would append it otherwise); "
+            f"use e.g. --out {str(path.with_name(path.name + '.npz'))!r}"
+        )
+    if path.exists() or path.is_symlink():
+        if not overwrite:
+            raise FileExistsError(
+                f"--out {out!r} already exists; pass --overwrite to replace it, or choose another file name"
+            )
+    folder = next((p for p in (path.parent, *path.parent.parents) if p.exists() or p.is_symlink()), Path("."))
+    if not folder.is_dir():
+        raise NotADirectoryError(
+            f"--out {out!r}: {str(folder)!r} is a file, not a folder, so nothing can be written under it; "
+            "choose an output path inside a folder"
+        )
+    if not os.access(folder, os.W_OK | os.X_OK):
+        what = "write in" if folder == path.parent else f"create {str(path.parent)!r} in"
+        raise PermissionError(
+            f"--out {out!r}: cannot {what} {str(folder)!r} (no write permission, or a read-only file "
+            "system); choose a writable folder"
+        )
 
 
 def _check_stats_provenance(stats_list: list, feature_name: str | None, extractor: Any | None) -> list[str]:
@@ -155,6 +197,8 @@ def run(args: argparse.Namespace) -> int:
     from fewstep.metrics.stats import load_stats
 
     stats_mode = _check_args(args)
+    if stats_mode:
+        _check_output(args.out, args.overwrite)
     paths = args.inputs[1:] if stats_mode else args.inputs
     kinds = [input_kind(path) for path in paths]
     if stats_mode and kinds[0] == "stats":
@@ -314,9 +358,25 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(["fid", *(sys.argv[1:] if argv is None else argv)])
     try:
         return int(run(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError) as error:
-        print(f"fewstep fid: error: {error}", file=sys.stderr)
+    except Exception as error:
+        if not _is_user_error(error):
+            raise
+        if os.environ.get("FEWSTEP_TRACEBACK") == "1":
+            traceback.print_exc()
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"fewstep fid: error: {message}", file=sys.stderr)
         return 2
+
+
+def _is_user_error(error: BaseException) -> bool:
+    """The errors `fewstep` reports in one line (ValueError, OSError, KeyError, safetensors errors)."""
+    if isinstance(error, (ValueError, OSError, KeyError)):
+        return True
+    try:
+        from safetensors import SafetensorError
+    except ImportError:
+        return False
+    return isinstance(error, SafetensorError)
 
 
 if __name__ == "__main__":

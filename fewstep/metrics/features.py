@@ -7,7 +7,18 @@ resize/normalisation, written into statistics files and printed with every score
 
 Names resolve in this order: registered factories, lazily imported built-ins (`inception`,
 `mnist`, ...: importing the module registers the name), then `package.module:callable` specs.
-Factories are called as `factory(device=..., weights=...)`.
+Factories are called with whichever of `device=` / `weights=` they name (or all, given `**kwargs`).
+
+A `package.module:callable` spec may name (see `_from_spec`):
+- an `nn.Module` instance: used as is;
+- an `nn.Module` subclass: instantiated, with `device=` / `weights=` only if its own `__init__`
+  names them (a subclass with only `forward()` is instantiated with no arguments);
+- a feature function `f(images) -> features` (its first parameter is required and is not
+  `device` / `weights`): wrapped, called on each uint8 batch;
+- a factory (no required parameters, or only `device` / `weights`): called, must return an
+  `nn.Module`.
+A module or function without `name` / `feature_dim` / `protocol` is wrapped: it gets the uint8
+images unchanged and its output is flattened to (N, D) float.
 """
 
 from __future__ import annotations
@@ -77,7 +88,34 @@ class ModuleFeatures(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         """(N, C, H, W) uint8 -> (N, D) float."""
-        return self.module(images).flatten(1).float()
+        return _flat_features(self.module(images), self.name)
+
+
+class FunctionFeatures(nn.Module):
+    """Wraps a user feature function `f(images) -> features`: uint8 images passed unchanged."""
+
+    def __init__(self, function: Callable[[Tensor], Tensor], name: str | None = None) -> None:
+        super().__init__()
+        self.function = function
+        self.name = name or getattr(function, "__qualname__", repr(function))
+        self.feature_dim = int(getattr(function, "feature_dim", 0) or 0)
+        self.protocol = getattr(function, "protocol", None) or (
+            f"user function {getattr(function, '__qualname__', repr(function))}: uint8 (N, C, H, W) images "
+            "passed unchanged"
+        )
+
+    def forward(self, images: Tensor) -> Tensor:
+        """(N, C, H, W) uint8 -> (N, D) float."""
+        return _flat_features(self.function(images), self.name)
+
+
+def _flat_features(output: object, name: str) -> Tensor:
+    if not isinstance(output, Tensor):
+        raise ValueError(
+            f"feature extractor {name!r} returned {type(output).__name__}, not a tensor; it must map uint8 "
+            "images (N, C, H, W) to features (N, D)"
+        )
+    return output.flatten(1).float()
 
 
 def _is_feature_extractor(module: object) -> bool:
@@ -91,25 +129,68 @@ def _as_extractor(module: nn.Module, device: str | torch.device, name: str | Non
     return extractor.to(device).eval().requires_grad_(False)
 
 
+def _named_parameters(callable_: Callable[..., object]) -> tuple[set[str], bool, list[str]] | None:
+    """(names it takes by keyword, whether it has **kwargs, required positional names) or None if unknown."""
+    try:
+        params = inspect.signature(callable_).parameters
+    except (TypeError, ValueError):
+        return None
+    names = {n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    required = [n for n, p in params.items()
+                if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is inspect.Parameter.empty]
+    return names, var_kw, required
+
+
 def _call_factory(factory: Callable[..., object], device: str | torch.device, weights: str | None) -> object:
     """Call `factory` with whichever of `device=` / `weights=` it accepts."""
-    try:
-        params = inspect.signature(factory).parameters
-    except (TypeError, ValueError):
+    signature = _named_parameters(factory)
+    if signature is None:
         return factory(device=device, weights=weights)
-    accepts_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    names, var_kw, _ = signature
     kwargs = {}
-    if accepts_all or "device" in params:
+    if var_kw or "device" in names:
         kwargs["device"] = device
-    if accepts_all or "weights" in params:
+    if var_kw or "weights" in names:
         kwargs["weights"] = weights
     elif weights is not None:
         raise ValueError(f"--weights was given but {factory!r} takes no `weights` argument")
     return factory(**kwargs)
 
 
+def _instantiate(cls: type, spec: str, device: str | torch.device, weights: str | None) -> nn.Module:
+    """An `nn.Module` subclass instantiated with `device=` / `weights=` only where its own __init__ names them.
+
+    (nn.Module's own `__init__(*args, **kwargs)` accepts neither, so a subclass with only
+    `forward()` gets no arguments; the module is moved to the device afterwards.)
+    """
+    init = cls.__init__
+    signature = None if init is nn.Module.__init__ else _named_parameters(init)
+    names = signature[0] if signature else set()
+    kwargs: dict[str, object] = {"weights": weights} if "weights" in names else {}
+    if weights is not None and "weights" not in names:
+        raise ValueError(f"--weights was given but {cls.__qualname__} (feature extractor spec {spec!r}) "
+                         "takes no `weights` argument")
+    if "device" in names:
+        kwargs["device"] = device
+    required = [n for n in (signature[2] if signature else []) if n != "self" and n not in kwargs]
+    if required:
+        raise ValueError(
+            f"feature extractor spec {spec!r}: {cls.__qualname__}() needs arguments {', '.join(required)}; "
+            "give defaults, or point the spec at a factory function that builds the module"
+        )
+    return cls(**kwargs)
+
+
+def _is_feature_function(function: Callable[..., object]) -> bool:
+    """A plain function whose first parameter is required and is not `device` / `weights`: f(images)."""
+    signature = _named_parameters(function)
+    return bool(signature and signature[2] and signature[2][0] not in ("device", "weights"))
+
+
 def _from_spec(spec: str, device: str | torch.device, weights: str | None) -> nn.Module:
-    """`package.module:callable` -> the module it returns (a class is instantiated the same way)."""
+    """`package.module:callable` -> a feature extractor: a module instance, an nn.Module subclass
+    (instantiated), a feature function `f(images)` (wrapped) or a factory (called)."""
     module_name, _, attr = spec.partition(":")
     try:
         module = importlib.import_module(module_name)
@@ -120,9 +201,24 @@ def _from_spec(spec: str, device: str | torch.device, weights: str | None) -> nn
         if not hasattr(target, part):
             raise ValueError(f"{module_name!r} has no attribute {attr!r} (feature extractor spec {spec!r})")
         target = getattr(target, part)
-    result = target if isinstance(target, nn.Module) else _call_factory(target, device, weights)
+    if isinstance(target, nn.Module):
+        result = target
+    elif isinstance(target, type) and issubclass(target, nn.Module):
+        result = _instantiate(target, spec, device, weights)
+    elif callable(target) and not isinstance(target, type) and _is_feature_function(target):
+        if weights is not None:
+            raise ValueError(f"--weights was given but the feature function {spec!r} takes no weights")
+        return _as_extractor(FunctionFeatures(target, name=spec), device)
+    elif callable(target):
+        result = _call_factory(target, device, weights)
+    else:
+        raise ValueError(f"feature extractor spec {spec!r} names {target!r} ({type(target).__name__}), not a module, "
+                         "class or function")
     if not isinstance(result, nn.Module):
-        raise ValueError(f"feature extractor spec {spec!r} returned {type(result).__name__}, not an nn.Module")
+        raise ValueError(
+            f"feature extractor spec {spec!r} returned {type(result).__name__}, not an nn.Module; name an "
+            "nn.Module (instance or class), a function images -> features, or a factory returning a module"
+        )
     return _as_extractor(result, device, name=spec)
 
 

@@ -42,6 +42,26 @@ def nan_features(device: str = "cpu") -> nn.Module:
     return NaNFeatures().to(device)
 
 
+def tiny_function(images: Tensor) -> Tensor:
+    """A plain feature function (the `fid_helpers:tiny_function` spec): TinyFeatures' features."""
+    return F.adaptive_avg_pool2d(to_rgb(images).float() / 255, 2).flatten(1)
+
+
+class TinyForwardOnly(nn.Module):
+    """An nn.Module subclass with only forward() (no name / feature_dim / protocol, no __init__)."""
+
+    def forward(self, images: Tensor) -> Tensor:
+        return F.adaptive_avg_pool2d(to_rgb(images).float() / 255, 2)  # (N, 3, 2, 2): flattened by fewstep
+
+
+class TinyWithDevice(TinyFeatures):
+    """A feature-extractor class whose own __init__ takes `device` (it is passed)."""
+
+    def __init__(self, device: str = "cpu") -> None:
+        super().__init__()
+        self.built_on = str(device)
+
+
 def random_inception_state_dict() -> dict[str, Tensor]:
     """A randomly initialised state dict of torch-fidelity's FID Inception-v3, BN stats calibrated.
 

@@ -13,12 +13,14 @@ import pytest
 import torch
 from PIL import Image
 
+from pytorch_fid.fid_score import calculate_frechet_distance
+from torch_fidelity.metric_kid import kid_features_to_metric
+
 from fewstep.commands import fid as fid_command
-from fewstep.metrics.frechet import frechet_distance
-from fewstep.metrics.kid import kernel_inception_distance
 from fid_helpers import TinyFeatures, random_images, write_images
 
-TINY = ["--features", "fid_helpers:tiny_features", "--num-workers", "0", "--batch-size", "7"]
+IO = ["--num-workers", "0", "--batch-size", "7"]
+TINY = ["--features", "fid_helpers:tiny_features", *IO]
 HERE = Path(__file__).parent
 
 
@@ -28,38 +30,95 @@ def _folder_features(folder: Path) -> torch.Tensor:
     return torch.cat([TinyFeatures()(torch.from_numpy(image).permute(2, 0, 1)[None]) for image in images]).double()
 
 
-def _score(capsys, *argv: str) -> dict:
+def _pytorch_fid(x: torch.Tensor, y: torch.Tensor) -> float:
+    """pytorch-fid's Frechet distance (scipy sqrtm) between two feature sets, float64."""
+    x, y = x.double().numpy(), y.double().numpy()
+    return float(calculate_frechet_distance(x.mean(0), np.cov(x, rowvar=False), y.mean(0), np.cov(y, rowvar=False)))
+
+
+def _score(capsys, *argv: str, options: list[str] = TINY) -> dict:
     capsys.readouterr()
-    assert fid_command.main([*argv, "--json", *TINY]) == 0
+    assert fid_command.main([*argv, "--json", *options]) == 0
     return json.loads(capsys.readouterr().out)
 
 
-def _error(capsys, *argv: str) -> str:
+def _error(capsys, *argv: str, options: list[str] = TINY) -> str:
     capsys.readouterr()
-    assert fid_command.main([*argv, *TINY]) == 2
+    assert fid_command.main([*argv, *options]) == 2
     return capsys.readouterr().err
 
 
-def test_folder_vs_stats_equals_independent_computation(two_folders, tmp_path, capsys):
+def test_folder_vs_stats_matches_pytorch_fid(two_folders, tmp_path, capsys):
+    """The CLI's FD equals pytorch-fid's `calculate_frechet_distance` on the same features.
+
+    Tolerance rel 1e-8: both work in float64 on the same 12-d well-conditioned covariances;
+    pytorch-fid's scipy sqrtm is accurate to ~1e-12 here, the rest is summation order.
+    """
     a, b = two_folders
     written = _score(capsys, "stats", str(a), "--out", str(tmp_path / "a.npz"))
     assert written["inputs"][0]["n"] == 40 and written["extractor"] == "tiny"
     result = _score(capsys, str(b), str(tmp_path / "a.npz"))
-    xa, xb = _folder_features(a), _folder_features(b)
-    expected = frechet_distance(xb.mean(0), np.cov(xb.numpy(), rowvar=False), xa.mean(0),
-                                np.cov(xa.numpy(), rowvar=False))
-    assert result["metric"] == "FD" and result["fd"] == pytest.approx(expected, rel=1e-9)
+    expected = _pytorch_fid(_folder_features(b), _folder_features(a))
+    assert result["metric"] == "FD" and result["fd"] == pytest.approx(expected, rel=1e-8)
+    assert expected > 0.01  # a real distance, not a degenerate 0 = 0
 
 
-def test_kid_bootstrap_and_fid_inf_on_two_folders(two_folders, capsys):
+def test_kid_matches_torch_fidelity_and_bootstrap_fid_inf_match_brute_force(two_folders, capsys):
+    """KID vs torch-fidelity's `kid_features_to_metric` (same RandomState(seed) subsets, float64
+    features: rel 1e-9); bootstrap vs brute-force resampling with the same generator and pytorch-fid
+    per replicate (rel 1e-7); FID-infinity's per-size values vs pytorch-fid on the same subsets and
+    its intercept vs a least-squares line through them."""
     a, b = two_folders
+    seed, reps = 3, 30
     result = _score(capsys, str(a), str(b), "--kid", "--kid-subsets", "10", "--kid-subset-size", "25",
-                    "--bootstrap", "30", "--fid-inf", "--seed", "3")
-    mean, std = kernel_inception_distance(_folder_features(a), _folder_features(b), 10, 25, seed=3)
-    assert result["kid"]["mean"] == pytest.approx(mean, rel=1e-9) and result["kid"]["std"] == pytest.approx(std)
+                    "--bootstrap", str(reps), "--fid-inf", "--seed", str(seed))
+    xa, xb = _folder_features(a), _folder_features(b)
+
+    theirs = kid_features_to_metric(xa, xb, kid_subsets=10, kid_subset_size=25, rng_seed=seed, verbose=False)
+    assert result["kid"]["mean"] == pytest.approx(theirs["kernel_inception_distance_mean"], rel=1e-9)
+    assert result["kid"]["std"] == pytest.approx(theirs["kernel_inception_distance_std"], rel=1e-9)
+    assert result["kid"]["subset_size"] == 25
+
+    generator = torch.Generator().manual_seed(seed)
+    replicates = []
+    for _ in range(reps):  # rows of both sides resampled with replacement, a's draw first
+        pick_a = torch.randint(len(xa), (len(xa),), generator=generator)
+        pick_b = torch.randint(len(xb), (len(xb),), generator=generator)
+        replicates.append(_pytorch_fid(xa[pick_a], xb[pick_b]))
+    replicates = np.array(replicates)
+    estimate = _pytorch_fid(xa, xb)
+    q_low, q_high = np.percentile(replicates, [2.5, 97.5])
     boot = result["bootstrap"]
-    assert boot["replicates"] == 30 and boot["low"] <= boot["high"] and boot["std"] > 0
-    assert np.isfinite(result["fd_inf"]["value"])
+    assert boot["replicates"] == reps and boot["level"] == 0.95
+    assert boot["std"] == pytest.approx(replicates.std(ddof=1), rel=1e-7)
+    assert boot["bias"] == pytest.approx(replicates.mean() - estimate, rel=1e-6)
+    assert boot["low"] == pytest.approx(max(2 * estimate - q_high, 0.0), rel=1e-7)
+    assert boot["high"] == pytest.approx(2 * estimate - q_low, rel=1e-7)
+
+    fd_inf = result["fd_inf"]
+    sizes = np.array(fd_inf["sizes"])
+    assert sizes[0] == len(xa) // 10 and sizes[-1] == len(xa) and len(sizes) == 15
+    generator = torch.Generator().manual_seed(seed)
+    for size, value in zip(sizes, fd_inf["values"]):  # subsets of a (without replacement) vs all of b
+        subset = xa[torch.randperm(len(xa), generator=generator)[:size]]
+        # below d = 12 rows the covariance is singular: scipy's sqrtm is then ~1e-7 off (ours is exact)
+        assert value == pytest.approx(_pytorch_fid(subset, xb), rel=1e-8 if size > 12 else 1e-5)
+    design = np.stack([np.ones(len(sizes)), 1.0 / sizes], 1)
+    intercept = np.linalg.lstsq(design, np.array(fd_inf["values"]), rcond=None)[0][0]
+    assert fd_inf["value"] == pytest.approx(intercept, rel=1e-9)
+
+
+@pytest.mark.parametrize("spec", ["fid_helpers:tiny_function", "fid_helpers:TinyForwardOnly",
+                                  "fid_helpers:TinyWithDevice", "fid_helpers:tiny_features"])
+def test_features_spec_function_class_and_factory(two_folders, capsys, spec):
+    """--features package.module:callable accepts a function images -> features, an nn.Module
+    subclass with only forward() (instantiated), a class taking device=, and a factory; all give
+    TinyFeatures' numbers (pytorch-fid on the reference features)."""
+    a, b = two_folders
+    result = _score(capsys, str(a), str(b), options=["--features", spec, *IO])
+    assert result["fd"] == pytest.approx(_pytorch_fid(_folder_features(a), _folder_features(b)), rel=1e-8)
+    assert result["extractor"] == ("tiny" if spec.endswith(("tiny_features", "TinyWithDevice")) else spec)
+    assert result["feature_dim"] == 12
 
 
 def test_npz_image_batch_equals_folder(two_folders, tmp_path, capsys):
@@ -130,6 +189,94 @@ def test_bad_inputs_give_clear_errors_and_leave_no_file(tmp_path, two_folders, c
     nan_args = [str(a), str(b), "--features", "fid_helpers:nan_features", "--num-workers", "0"]
     assert fid_command.main(nan_args) == 2 and "NaN" in capsys.readouterr().err
     assert "KID needs" in _error(capsys, str(a), str(out), "--kid")
+
+
+@pytest.fixture()
+def no_extraction(monkeypatch):
+    """Make building the extractor or extracting features fail loudly: errors must come first."""
+    from fewstep.metrics import extract, features
+
+    def started(*args, **kwargs):
+        raise AssertionError("feature extraction started before the output path was checked")
+
+    monkeypatch.setattr(features, "get_feature_extractor", started)
+    monkeypatch.setattr(extract, "extract_features", started)
+
+
+def test_stats_out_is_checked_before_any_feature_is_computed(two_folders, tmp_path, capsys, monkeypatch,
+                                                             no_extraction):
+    a, _ = two_folders
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    message = _error(capsys, "stats", str(a), "--out", str(a_file / "sub" / "x.npz"))
+    assert "a_file" in message and "not a folder" in message
+
+    existing = tmp_path / "existing.npz"
+    existing.write_bytes(b"keep me")
+    message = _error(capsys, "stats", str(a), "--out", str(existing))
+    assert "existing.npz" in message and "already exists" in message and "--overwrite" in message
+    assert existing.read_bytes() == b"keep me"
+
+    assert "is a folder" in _error(capsys, "stats", str(a), "--out", str(tmp_path))
+    assert "end in .npz" in _error(capsys, "stats", str(a), "--out", str(tmp_path / "x.stats"))
+    assert "only used with" in _error(capsys, str(a), str(a), "--overwrite")
+
+    read_only = tmp_path / "read_only"
+    read_only.mkdir()
+    read_only.chmod(0o555)
+    if os.geteuid() == 0:  # root may write anywhere: report the folder as read-only, as access(2) would
+        real_access = os.access
+        monkeypatch.setattr(os, "access", lambda path, mode, **kw: False if Path(path) == read_only
+                            else real_access(path, mode, **kw))
+    try:
+        for out in (read_only / "x.npz", read_only / "new" / "x.npz"):
+            message = _error(capsys, "stats", str(a), "--out", str(out))
+            assert "read_only" in message and "cannot" in message and "writable" in message
+    finally:
+        read_only.chmod(0o755)
+    assert list(read_only.iterdir()) == []
+
+
+def test_stats_overwrite_replaces_an_existing_file_and_missing_folders_are_created(two_folders, tmp_path, capsys):
+    a, _ = two_folders
+    existing = tmp_path / "existing.npz"
+    existing.write_bytes(b"old")
+    _score(capsys, "stats", str(a), "--out", str(existing), "--overwrite")
+    nested = tmp_path / "new" / "deeper" / "a.npz"
+    _score(capsys, "stats", str(a), "--out", str(nested))
+    with np.load(existing) as replaced, np.load(nested) as fresh:
+        assert int(replaced["n"]) == 40 and int(fresh["n"]) == 40
+
+
+def test_statistics_that_are_not_covariances_are_refused_naming_the_file(two_folders, tmp_path, capsys):
+    """sigma = -I used to give FD 0.000 and exit 0, a garbage upper triangle 2e-16."""
+    a, _ = two_folders
+    np.savez(tmp_path / "negative.npz", mu=np.zeros(12), sigma=-np.eye(12))
+    message = _error(capsys, str(a), str(tmp_path / "negative.npz"))
+    assert "negative.npz" in message and "not positive semi-definite" in message and "-1" in message
+
+    features = _folder_features(a).numpy()
+    sigma = np.cov(features, rowvar=False)
+    sigma[np.triu_indices(12, 1)] = np.random.default_rng(0).standard_normal(66)
+    np.savez(tmp_path / "garbage.npz", mu=features.mean(0), sigma=sigma)
+    message = _error(capsys, str(a), str(tmp_path / "garbage.npz"))
+    assert "garbage.npz" in message and "not symmetric" in message
+    message = _error(capsys, str(tmp_path / "garbage.npz"), str(tmp_path / "negative.npz"))
+    assert "garbage.npz" in message
+
+
+def test_object_array_npz_errors_name_the_file_and_what_is_expected(two_folders, tmp_path, capsys):
+    a, _ = two_folders
+    np.savez(tmp_path / "objects.npz", mu=np.array([np.zeros(12)], dtype=object), sigma=np.eye(12))
+    message = _error(capsys, str(a), str(tmp_path / "objects.npz"))
+    assert "objects.npz" in message and "'mu'" in message and "Python objects" in message
+    assert "expected float mu of shape (d,)" in message
+    np.savez(tmp_path / "object_images.npz", arr_0=np.array([np.zeros((4, 4, 3), np.uint8)] * 2 + [None], dtype=object))
+    message = _error(capsys, "stats", str(tmp_path / "object_images.npz"), "--out", str(tmp_path / "o.npz"))
+    assert "object_images.npz" in message and "Python objects" in message and "uint8 NHWC" in message
+    np.savez(tmp_path / "strings.npz", mu=np.array(["a"] * 12), sigma=np.eye(12))
+    message = _error(capsys, str(a), str(tmp_path / "strings.npz"))
+    assert "strings.npz" in message and "'mu' has dtype <U1" in message
 
 
 def test_missing_inception_weights_offline(two_folders, offline_hub, capsys, tmp_path):
