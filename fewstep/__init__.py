@@ -5,11 +5,20 @@ Conventions: t in [0, 1], t = 0 is data and t = 1 is noise; x_t = alpha(t) x0 + 
 `import fewstep` needs only torch. Names that need diffusers (`FewStepScheduler`, ...) are
 loaded on first access, so `from fewstep import FewStepScheduler` works and a saved pipeline's
 `model_index.json` can name `["fewstep", "FewStepScheduler"]`.
+
+`import fewstep` is also enough for `DiffusionPipeline.from_pretrained` to load fewstep's own
+pipelines (`ClassConditionalPipeline`, whose model_index.json names it like a diffusers
+class): they are registered with diffusers as soon as diffusers is imported, before or after
+fewstep, without importing diffusers here.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.abc
+import importlib.util
+import sys
+import warnings
 from typing import Any
 
 __version__ = "0.1.0"
@@ -35,3 +44,43 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(list(globals()) + list(_LAZY))
+
+
+# ---------------------------------------------------------------------- diffusers registration
+
+_PIPELINE_MODULES = ("fewstep.pipelines.class_conditional",)
+
+
+def _register_pipelines() -> None:
+    """Import the modules that register fewstep's pipelines in diffusers' namespace."""
+    for module in _PIPELINE_MODULES:
+        try:
+            importlib.import_module(module)
+        except ImportError as error:  # a broken diffusers install must not break `import diffusers`
+            warnings.warn(f"fewstep could not register its pipelines with diffusers: {error}", stacklevel=2)
+
+
+class _RegisterWhenDiffusersLoads(importlib.abc.MetaPathFinder):
+    """One-shot import hook: after the `diffusers` package has executed, register fewstep's pipelines."""
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != "diffusers":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec("diffusers")
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        execute = spec.loader.exec_module
+
+        def exec_module(module):
+            execute(module)
+            _register_pipelines()
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+if "diffusers" in sys.modules:
+    _register_pipelines()
+elif not any(isinstance(finder, _RegisterWhenDiffusersLoads) for finder in sys.meta_path):
+    sys.meta_path.insert(0, _RegisterWhenDiffusersLoads())

@@ -27,3 +27,35 @@ def write_atomic(path: str | os.PathLike, write: Callable[[str], object]) -> Pat
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def check_writable_target(path: str | os.PathLike, what: str, folder: bool = False) -> Path:
+    """Raise an OSError naming `what` unless `path` can be written, before any work is done.
+
+    `folder=False`: `path` is a file to write (it must not be a folder); `folder=True`: a folder
+    to write into (it must not be a file). Missing folders on the way are fine when the nearest
+    existing one is a writable folder; nothing is created or changed here.
+    """
+    path = Path(path)
+    if path.exists():
+        if folder and not path.is_dir():
+            raise NotADirectoryError(f"{what} {path} is a file, not a folder; choose a folder")
+        if not folder and path.is_dir():
+            raise IsADirectoryError(f"{what} {path} is a folder; give a file name inside it")
+    existing = next(p for p in (path if folder else path.parent, *path.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise NotADirectoryError(f"{what} {path} cannot be written: {existing} is a file, not a folder; choose another path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(
+            f"{what} {path} cannot be written: no permission to create files in {existing} (or a read-only "
+            "file system); choose a writable folder"
+        )
+    return path
+
+
+def check_spec_output(path: str | os.PathLike, overwrite: bool) -> Path:
+    """--out of a command writing one file: writable, and not an existing file unless `overwrite`."""
+    path = check_writable_target(path, "--out")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"--out {path} already exists; pass --overwrite to replace it, or choose another file name")
+    return path

@@ -36,3 +36,69 @@ def test_solvers_table_json_and_plot(tmp_path, capsys):
 def test_solvers_bad_arguments(args, message, capsys):
     assert main(args) == 2
     assert message in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- user errors: one line, traceback on request
+
+
+def _failing_command(monkeypatch, error):
+    import fewstep.commands.solvers as solvers_command
+
+    def run(args):
+        raise error
+
+    monkeypatch.setattr(solvers_command, "run", run)
+
+
+@pytest.mark.parametrize("error", [
+    NotADirectoryError(20, "Not a directory", "/x/file/out"),
+    PermissionError(13, "Permission denied", "/read-only"),
+    KeyError("missing key 'ts' in spec.safetensors"),
+    FloatingPointError("loss is NaN at step 3"),
+])
+def test_user_errors_are_one_line(error, monkeypatch, capsys):
+    _failing_command(monkeypatch, error)
+    monkeypatch.delenv("FEWSTEP_TRACEBACK", raising=False)
+    assert main(["solvers"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fewstep solvers: error: ") and "Traceback" not in err
+    assert str(error.args[-1] if isinstance(error, OSError) else error.args[0]).strip("'") in err
+
+
+def test_yaml_and_safetensors_errors_are_user_errors(monkeypatch, capsys):
+    import yaml
+    from safetensors import SafetensorError
+
+    for error in (yaml.YAMLError("mapping values are not allowed here"), SafetensorError("header too large")):
+        _failing_command(monkeypatch, error)
+        assert main(["solvers"]) == 2
+        assert "error: " in capsys.readouterr().err
+
+
+def test_traceback_on_request(monkeypatch):
+    _failing_command(monkeypatch, ValueError("bad value"))
+    with pytest.raises(ValueError, match="bad value"):
+        main(["--traceback", "solvers"])
+    monkeypatch.setenv("FEWSTEP_TRACEBACK", "1")
+    with pytest.raises(ValueError, match="bad value"):
+        main(["solvers"])
+
+
+def test_bugs_are_not_hidden(monkeypatch):
+    _failing_command(monkeypatch, TypeError("a bug in fewstep"))
+    with pytest.raises(TypeError):
+        main(["solvers"])
+
+
+def test_import_fewstep_is_enough_to_load_its_pipelines():
+    """DiffusionPipeline.from_pretrained finds ClassConditionalPipeline after `import fewstep`, in either order."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    teacher = Path(__file__).resolve().parents[1] / "assets" / "teachers" / "mixture_flow"
+    for imports in ("import fewstep; import diffusers", "import diffusers; import fewstep"):
+        code = (f"{imports}\nfrom diffusers import DiffusionPipeline\n"
+                f"print(type(DiffusionPipeline.from_pretrained({str(teacher)!r})).__name__)")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        assert out.stdout.strip().splitlines()[-1] == "ClassConditionalPipeline"

@@ -21,6 +21,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     schedule.add_argument("pipeline", type=Path, help="a saved pipeline folder (model_index.json)")
     schedule.add_argument("--steps", type=int, required=True, help="step budget K")
     schedule.add_argument("--out", type=Path, required=True, help="output sampler spec (.safetensors)")
+    schedule.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     schedule.add_argument("--fine-steps", type=int, default=100, help="intervals of the teacher's fine grid (default 100)")
     schedule.add_argument("--noises", type=int, default=100, help="teacher trajectories (default 100)")
     schedule.add_argument("--batch-size", type=int, default=50)
@@ -69,6 +70,7 @@ def _noise_batches(teacher, total: int, batch_size: int, seed: int, device: str)
 
 
 def schedule_command(args) -> int:
+    from fewstep.io import check_spec_output
     from fewstep.pipelines.loading import load_teacher
     from fewstep.samplers import get_schedule
     from fewstep.samplers.boss import boss_schedule
@@ -81,6 +83,7 @@ def schedule_command(args) -> int:
                          "use a finer grid or fewer steps")
     if args.noises < 1 or args.batch_size < 1:
         raise ValueError("--noises and --batch-size must be >= 1")
+    check_spec_output(args.out, args.overwrite)
     teacher = load_teacher(args.pipeline, args.device)
     fine_ts = get_schedule("uniform", teacher.path, args.fine_steps, final="zero")
     start = time.perf_counter()
@@ -92,7 +95,7 @@ def schedule_command(args) -> int:
     seconds = time.perf_counter() - start
     solver = "ddim" if args.step_rule == "euler" else "dpmpp_2m"
     spec = SamplerSpec.from_grid(solver, result.ts, teacher.path, provenance={
-        "method": "boss", "step_rule": args.step_rule, "teacher": str(args.pipeline), "fine_steps": args.fine_steps,
+        "method": "boss", "step_rule": args.step_rule, **teacher.provenance(args.pipeline), "fine_steps": args.fine_steps,
         "noises": args.noises, "seed": args.seed, "dp_objective": result.objective,
         "uniform_objective": result.uniform_objective, "search_seconds": round(seconds, 2),
     })

@@ -19,7 +19,7 @@ def register(subparsers) -> argparse.ArgumentParser:
         "demo",
         help="sample the shipped MNIST teachers at NFE 4/8/16, score FID and accuracy, plot",
         description="Load the shipped class-conditional MNIST teachers (flow and VP), sample the same noise "
-        "with several solvers and grids at a few NFEs plus a 50-step reference, score FID on the `mnist` "
+        "with several solvers and grids at a few NFEs plus a many-step reference (--reference-steps), score FID on the `mnist` "
         "classifier features against the embedded MNIST set and the share of samples classified as their "
         "label, print the table and write image grids, an FID-vs-NFE plot and results.json.",
     )

@@ -17,6 +17,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("pipeline", type=Path, help="a saved pipeline folder (model_index.json)")
     parser.add_argument("--steps", type=int, required=True, help="student steps M (= NFE)")
     parser.add_argument("--out", type=Path, required=True, help="output sampler spec (.safetensors)")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     parser.add_argument("--solver", default="dpmpp_2m", choices=["ddim", "dpmpp_2m", "dpmpp_3m", "dpmpp_3m_o3"])
     parser.add_argument("--learn", default="both", choices=["grid", "weights", "both"])
     parser.add_argument("--eval-times", action="store_true",
@@ -36,11 +37,13 @@ def register(subparsers) -> argparse.ArgumentParser:
 def run(args) -> int:
     import torch
 
+    from fewstep.io import check_spec_output
     from fewstep.pipelines.loading import load_teacher
     from fewstep.samplers.learned import fit_sampler, teacher_outputs
 
     if args.steps < 1 or args.teacher_steps <= args.steps:
         raise ValueError(f"need 1 <= --steps < --teacher-steps (got {args.steps} and {args.teacher_steps})")
+    check_spec_output(args.out, args.overwrite)
     teacher = load_teacher(args.pipeline, args.device)
     g = torch.Generator().manual_seed(args.seed)
     total = args.noises + args.heldout
@@ -54,7 +57,7 @@ def run(args) -> int:
         ball_radius=args.ball_radius, heldout=(noise[held], targets[held]) if args.heldout else None,
         seed=args.seed, cond={k: v[train] for k, v in cond.items()}, progress=True, learn_eval_times=args.eval_times,
     )
-    spec.provenance.update(teacher=str(args.pipeline), teacher_steps=args.teacher_steps)
+    spec.provenance.update(**teacher.provenance(args.pipeline), teacher_steps=args.teacher_steps)
     spec.save(args.out)
     grid = ", ".join(f"{float(t):.3f}" for t in spec.ts)
     if spec.eval_ts is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,33 @@ class LoadedTeacher:
     sample_shape: tuple[int, ...]
     num_classes: int  # 0 for unconditional models
     scheduler_config: dict
+
+    def fingerprint(self) -> str:
+        """A short hash of the network's parameter names, shapes and value sums (identifies the teacher).
+
+        Sums in float64, rounded to 6 significant digits, so the same weights on another device
+        or in another dtype give the same fingerprint; cheap even for large networks.
+        """
+        digest = hashlib.sha256()
+        for name, value in sorted(self.network.state_dict().items()):
+            data = value.detach().to(torch.float64)
+            digest.update(f"{name}{tuple(value.shape)}{float(data.sum()):.6g}{float(data.square().sum()):.6g}".encode())
+        return digest.hexdigest()[:16]
+
+    def provenance(self, pipeline_dir: str | Path) -> dict:
+        """What a sampler spec records about the teacher it was made for."""
+        return {"teacher": str(pipeline_dir), "teacher_fingerprint": self.fingerprint(),
+                "sample_shape": list(self.sample_shape)}
+
+    def spec_mismatch(self, provenance: dict) -> str | None:
+        """Why a spec with this provenance was made for another teacher, or None if it matches (or is unknown)."""
+        shape = provenance.get("sample_shape")
+        if shape is not None and tuple(shape) != tuple(self.sample_shape):
+            return f"it was made for samples of shape {tuple(shape)}, this teacher makes {tuple(self.sample_shape)}"
+        fingerprint = provenance.get("teacher_fingerprint")
+        if fingerprint is not None and fingerprint != self.fingerprint():
+            return f"it was made for another teacher's weights ({provenance.get('teacher', 'unknown')})"
+        return None
 
     def class_labels(self, count: int, device: str | torch.device = "cpu") -> dict[str, Tensor]:
         """Conditioning for `count` samples: classes cycled 0..C-1, or nothing if unconditional."""

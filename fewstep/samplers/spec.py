@@ -120,15 +120,25 @@ class SamplerSpec:
             raise ValueError(f"{file} is not a readable safetensors file ({error})") from error
         if "fewstep_spec" not in metadata:
             raise ValueError(f"{file} is a safetensors file but not a fewstep sampler spec (no 'fewstep_spec' metadata)")
-        header = json.loads(metadata["fewstep_spec"])
-        if header.get("format") != SPEC_FORMAT:
-            raise ValueError(f"{file}: unsupported spec format {header.get('format')!r}; expected {SPEC_FORMAT}")
+        try:
+            header = json.loads(metadata["fewstep_spec"])
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{file}: the spec's JSON metadata is corrupt ({error}); re-create the spec") from error
+        if not isinstance(header, dict) or header.get("format") != SPEC_FORMAT:
+            found = header.get("format") if isinstance(header, dict) else type(header).__name__
+            raise ValueError(f"{file}: unsupported spec format {found!r}; expected {SPEC_FORMAT}")
+        missing = [key for key in ("solver", "path") if key not in header] + [key for key in ("ts",) if key not in tensors]
+        if missing:
+            raise ValueError(f"{file}: the sampler spec lacks {missing}; re-create it (fewstep boss schedule / fit-sampler)")
         extra = {key[len("extra."):]: value for key, value in tensors.items() if key.startswith("extra.")}
-        return cls(
-            solver=header["solver"], ts=tensors["ts"], path=header["path"], coeffs=tensors.get("coeffs"),
-            kind=header.get("kind", "continuous"), provenance=header.get("provenance", {}), extra=extra,
-            eval_ts=tensors.get("eval_ts"),
-        )
+        try:
+            return cls(
+                solver=header["solver"], ts=tensors["ts"], path=header["path"], coeffs=tensors.get("coeffs"),
+                kind=header.get("kind", "continuous"), provenance=header.get("provenance", {}), extra=extra,
+                eval_ts=tensors.get("eval_ts"),
+            )
+        except ValueError as error:
+            raise ValueError(f"{file}: invalid sampler spec: {error}") from error
 
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
