@@ -655,6 +655,8 @@ class Trainer:
             # Events of an earlier attempt after the step this run starts from (steps > start_step, or all of
             # them for a fresh start) are purged: tensorboard then shows every step once.
             purge_step = self.start_step + 1 if self.resume_from is not None else 0
+            if self.accelerator.is_main_process:
+                _wait_past_event_files(self.run_dir / "logs" / "train")
             self.accelerator.init_trackers("train", config=_flat_hparams(self.config.to_dict()),
                                            init_kwargs={"tensorboard": {"purge_step": purge_step}})
 
@@ -706,6 +708,25 @@ class Trainer:
             bar.close()
             acc.end_training()
         return result
+
+
+def _wait_past_event_files(folder: Path) -> None:
+    """Wait (at most about a second) until the clock is past the newest tensorboard event file's timestamp.
+
+    Event files are named `events.out.tfevents.<seconds>.<host>.<pid>...` and tensorboard reads
+    them in name order; a new file must sort after the earlier attempt's, or that attempt's
+    events would be read last and the new run's purge of them would not apply.
+    """
+    import time
+
+    stamps = []
+    for file in folder.glob("events.out.tfevents.*") if folder.is_dir() else ():
+        field = file.name.split(".")[3]
+        if field.isdigit():
+            stamps.append(int(field))
+    deadline = time.monotonic() + 2.0
+    while stamps and int(time.time()) <= max(stamps) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def _distributed_without_gpu() -> bool:
