@@ -157,26 +157,30 @@ class Oracle:
 ORACLES = [Oracle("ddpm", "linear"), Oracle("ddpm", "squaredcos_cap_v2"), Oracle("cvp"), Oracle("flow")]  # = PATHS
 
 
-def expected_grid(name, oracle, n, final, shift=3.0, rho=7.0):
-    """The documented grid of schedule `name` (n steps, default options), computed from its closed form."""
+def expected_grid(name, oracle, n, final, shift=3.0, rho=7.0, t_max=None):
+    """The documented grid of schedule `name` (n steps, default options), computed from its closed form.
+
+    `t_max` (continuous paths): time-space grids start there instead of 1, sigma-space grids at
+    lam(min(t_max, t_hi)) and are then not moved to t = 1."""
     i = np.arange(n + 1)
     if name in ("uniform", "quadratic", "flow_shift"):
-        if name == "uniform" and oracle.kind == "ddpm":
+        top = 1.0 if t_max is None else t_max
+        if name == "uniform" and oracle.kind == "ddpm" and t_max is None:
             # diffusers' "linspace" timesteps: round(np.linspace(0, N - 1, n + 1)), from the top, k = 0 dropped
             k = np.round(np.linspace(0, N_TRAIN - 1, n + 1))[::-1][:-1]
             ts = np.append((k + 1) / N_TRAIN, 0.0)
         else:
-            if name == "quadratic":  # sqrt(t) uniform from sqrt(1) to sqrt(t_min)
-                ts = (1 - i / n * (1 - math.sqrt(oracle.t_min))) ** 2
+            if name == "quadratic":  # sqrt(t) uniform from sqrt(t_max) to sqrt(t_min)
+                ts = (math.sqrt(top) - i / n * (math.sqrt(top) - math.sqrt(oracle.t_min))) ** 2
             else:
-                ts = 1 - i / n * (1 - oracle.t_min)
+                ts = top - i / n * (top - oracle.t_min)
                 if name == "flow_shift":  # SD3: s t / (1 + (s - 1) t)
                     ts = shift * ts / (1 + (shift - 1) * ts)
             ts = oracle.snap(ts)
         ts[-1] = 0.0 if final == "zero" else oracle.t_min
         return ts
     count = n if final == "zero" else n + 1  # sigma space: n points + t = 0, or n + 1 points down to t_lo
-    lam_start, lam_end = oracle.lam(oracle.t_hi), oracle.lam(oracle.t_lo)
+    lam_start, lam_end = oracle.lam(oracle.t_hi if t_max is None else min(t_max, oracle.t_hi)), oracle.lam(oracle.t_lo)
     ramp = np.linspace(0.0, 1.0, count)
     if name in ("logsnr", "exponential"):  # uniform in lam
         lams = lam_start + ramp * (lam_end - lam_start)
@@ -184,7 +188,7 @@ def expected_grid(name, oracle, n, final, shift=3.0, rho=7.0):
         s_max, s_min = math.exp(-lam_start), math.exp(-lam_end)
         lams = -rho * np.log(s_max ** (1 / rho) + ramp * (s_min ** (1 / rho) - s_max ** (1 / rho)))
     ts = oracle.t_of_lam(lams)
-    if oracle.kind == "flow":
+    if oracle.kind == "flow" and t_max is None:
         ts[0] = 1.0  # a flow starts from pure noise (lam = -inf), not from its finite end
     return np.append(ts, 0.0) if final == "zero" else ts
 
@@ -214,6 +218,19 @@ def test_schedules_equal_their_closed_forms(name, case, final, n):
         np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12)
     else:
         np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", [n for n in available_schedules() if n != "explicit"])
+@pytest.mark.parametrize("case", [2, 3], ids=["continuous_vp", "flow"])
+@pytest.mark.parametrize("final", ["zero", "t_min"])
+def test_schedules_started_below_pure_noise(name, case, final):
+    """t_max = 0.8 on a continuous path: every grid starts at 0.8 (flow_shift: at its shifted image
+    3 * 0.8 / (1 + 2 * 0.8)) and otherwise keeps its closed form."""
+    path, oracle = PATHS[case], ORACLES[case]
+    ts = get_schedule(name, path, 5, final=final, t_max=0.8).numpy()
+    expected = expected_grid(name, oracle, 5, final, t_max=0.8)
+    assert ts[0] == pytest.approx(2.4 / 2.6 if name == "flow_shift" else 0.8, rel=1e-12)
+    np.testing.assert_allclose(ts, expected, rtol=1e-9 if name in SIGMA_SPACE else 0, atol=1e-12)
 
 
 @pytest.mark.parametrize("case", [0, 2, 3], ids=["ddpm_linear", "continuous_vp", "flow"])
