@@ -88,3 +88,106 @@ def test_config_choices_match_the_registries() -> None:
     from fewstep.distill.objectives import OBJECTIVES
 
     assert set(config.OBJECTIVES) == set(OBJECTIVES)
+
+
+# -- bad YAML / JSON are errors naming the file (or override) and the line ----------------
+
+
+@pytest.mark.parametrize("name, text, message", [
+    ("c.yaml", "max_steps: 5\nmodel:\n  type: [mlp\n", r"c\.yaml'?: invalid YAML at line 4"),
+    ("c.yaml", "max_steps: 5\n  seed: 3\n", r"c\.yaml'?: invalid YAML at line 2"),
+    ("c.yml", "data:\n\toptions: {}\n", r"c\.yml'?: invalid YAML at line 2"),
+    ("c.json", '{"max_steps": 5,\n "seed": }', r"c\.json'?: invalid JSON at line 2, column 10"),
+    ("c.yaml", "- max_steps: 5\n- seed: 3\n", r"c\.yaml'? holds a list at the top level; a config is a mapping"),
+    ("c.json", "[1, 2]", r"c\.json'? holds a list at the top level"),
+    ("c.yaml", "just a string\n", r"holds a str .* at the top level"),
+])
+def test_bad_config_files_are_value_errors_naming_the_file_and_line(tmp_path: Path, name: str, text: str,
+                                                                     message: str) -> None:
+    (tmp_path / name).write_text(text)
+    with pytest.raises(ValueError, match=message):
+        load_config(tmp_path / name)
+
+
+def test_binary_or_folder_config_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "c.yaml").write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(ValueError, match=r"c\.yaml'? is not a text file"):
+        load_config(tmp_path / "c.yaml")
+    with pytest.raises(IsADirectoryError, match="is a folder"):
+        load_config(tmp_path)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.options={n: 5", r"override 'data.options=\{n: 5': the value is not valid YAML at column 6"),
+    ("model.block_out_channels=[8, 16", r"override 'model.block_out_channels=\[8, 16': the value is not valid YAML"),
+    ("run_dir=@home", r"override 'run_dir=@home'.*quote a string: run_dir='...'"),
+    ("optim..lr=1", "has an empty key"),
+    ("max_steps.x=1", r"'max_steps' holds .*not a mapping"),
+    ("data.options=null", r"data.options must be a mapping.*data.options=\{\} for none"),
+])
+def test_bad_overrides_are_value_errors_naming_the_override(override: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        load_config(CONFIGS / "mixture_flow.yaml", [override])
+
+
+@pytest.mark.parametrize("argv_tail, message", [
+    (["data.options={n: 5"], "override 'data.options={n: 5': the value is not valid YAML"),
+    (["data.options={nonsense: 5}"], "unknown option 'nonsense' for dataset '8gaussians'; valid options of "
+                                     "'8gaussians': n (default 10000), seed (default 0)"),
+])
+def test_cli_reports_bad_overrides_and_options_in_one_line(tmp_path: Path, capsys, argv_tail, message) -> None:
+    from fewstep.cli import main
+
+    assert main(["train", str(CONFIGS / "mixture_flow.yaml"), f"run_dir={tmp_path / 'run'}", *argv_tail]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fewstep train: error:") and message in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("text, message", [
+    ("max_steps: 5\nmodel: {type: mlp\n", "invalid YAML at line 3"),
+    ("- 1\n- 2\n", "holds a list at the top level"),
+])
+def test_cli_reports_bad_config_files_in_one_line(tmp_path: Path, capsys, text: str, message: str) -> None:
+    from fewstep.cli import main
+
+    (tmp_path / "c.yaml").write_text(text)
+    assert main(["train", str(tmp_path / "c.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fewstep train: error:") and "c.yaml" in err and message in err and "Traceback" not in err
+
+
+# -- an override replaces the value it names ---------------------------------------------
+
+
+def test_mapping_override_replaces_the_files_mapping_and_dotted_keys_change_one_entry() -> None:
+    shipped = CONFIGS / "mixture_flow.yaml"  # data.options: {n: 20000}
+    assert load_config(shipped).data.options == {"n": 20000}
+    assert load_config(shipped, ["data.options={}"]).data.options == {}
+    assert load_config(shipped, ["data.options={seed: 3}"]).data.options == {"seed": 3}
+    assert load_config(shipped, ["data.options.seed=3"]).data.options == {"n": 20000, "seed": 3}
+    assert load_config(shipped, ["data.options={}", "data.options.seed=3"]).data.options == {"seed": 3}
+    # sections are merged key by key, never replaced: the file's other optim keys stay
+    config = load_config(shipped, ["optim={lr: 0.5}"])
+    assert config.optim.lr == 0.5 and config.optim.lr_scheduler == "cosine" and config.optim.ema_warmup is True
+
+
+def test_a_shipped_config_switches_to_an_image_folder(tmp_path: Path) -> None:
+    """mixture_flow.yaml sets data.options={n: 20000}; an image folder takes other options."""
+    from PIL import Image
+
+    from fewstep.cli import main
+
+    for label, value in (("dark", 30), ("light", 220)):
+        (tmp_path / "images" / label).mkdir(parents=True)
+        for i in range(4):
+            Image.new("L", (12, 10), value + i).save(tmp_path / "images" / label / f"{i}.png")
+    code = main(["train", str(CONFIGS / "mixture_flow.yaml"), f"run_dir={tmp_path / 'run'}", "data.name=folder",
+                 f"data.path={tmp_path / 'images'}", "data.options={resolution: 8, channels: 1}", "data.batch_size=4",
+                 "model.type=unet", "model.sample_size=8", "model.in_channels=1", "model.num_classes=2",
+                 "model.block_out_channels=8,16", "max_steps=2", "log_with=none", "sample_steps=2",
+                 "samples_per_class=1"])
+    assert code == 0
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["data"]["options"] == {"resolution": 8,
+                                                                                                 "channels": 1}
+    assert (tmp_path / "run" / "pipeline" / "model_index.json").is_file()

@@ -161,3 +161,46 @@ def test_export_only_writes_the_checkpoint_ema_as_a_pipeline(tmp_path: Path) -> 
     assert ema_step2.keys() == ema_final.keys() and not all(torch.equal(ema_step2[k], ema_final[k]) for k in ema_final)
     ckpt = load_file(str(tmp_path / "run/checkpoints/step_000002/ema/ema_weights.safetensors"))
     assert all(torch.equal(ckpt[k], ema_step2[k]) for k in ckpt)
+
+
+# -- run_dir is checked before any work --------------------------------------------------
+
+
+@pytest.fixture
+def no_model_building(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail the test if the trainer gets as far as building a model."""
+    def refuse(cfg):
+        raise AssertionError("a model was built before run_dir was checked")
+
+    monkeypatch.setattr("fewstep.distill.loop.build_model", refuse)
+
+
+def test_run_dir_that_is_a_file_is_refused_before_any_work(tmp_path: Path, no_model_building) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError, match=r"run_dir .*file is a file, not a folder"):
+        train(tiny_config(tmp_path / "file"))
+    with pytest.raises(NotADirectoryError, match=r"cannot be created: .*file is a file"):
+        train(tiny_config(tmp_path / "file" / "deeper" / "run"))
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "checkpoints").write_text("x")
+    with pytest.raises(NotADirectoryError, match=r"run/checkpoints is a file"):
+        train(tiny_config(tmp_path / "run"))
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["checkpoints", "file", "run"]  # nothing created
+
+
+def test_read_only_run_dir_is_refused_before_any_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      no_model_building) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    if os.geteuid() == 0:  # root writes anyway; pretend the folder is on a read-only mount
+        real_access = os.access
+        monkeypatch.setattr(os, "access", lambda path, mode, **kw: False if Path(path) == locked
+                            else real_access(path, mode, **kw))
+    try:
+        for run_dir in (locked, locked / "new" / "run"):
+            with pytest.raises(PermissionError, match=r"run_dir .*locked.* is not writable"):
+                train(tiny_config(run_dir))
+        assert list(locked.iterdir()) == []
+    finally:
+        locked.chmod(0o755)
