@@ -200,7 +200,7 @@ class DiscreteVPPath(NoisePath):
         hi = self.log_sigmas[k_floor.long() + 1]
         inside = lo + w * (hi - lo)
         # below the first timestep: sigma_ve^2 = sigma_ve(k=0)^2 * (k + 1), zero at t = 0.
-        below = self.log_sigmas[0] + 0.5 * torch.log((k + 1).clamp(min=0))
+        below = self.log_sigmas[0] + 0.5 * torch.log((t * n).clamp(min=0))  # k + 1 = t n, without cancellation
         return torch.where(k >= 0, inside, below)
 
     def alpha_sigma(self, t: Tensor | float) -> tuple[Tensor, Tensor]:

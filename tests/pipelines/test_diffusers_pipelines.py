@@ -3,8 +3,8 @@
 import pytest
 import torch
 from diffusers import (
-    AutoencoderKL, DDPMPipeline, DDPMScheduler, DiffusionPipeline, FlowMatchEulerDiscreteScheduler, FluxPipeline,
-    FluxTransformer2DModel, StableDiffusionPipeline, UNet2DConditionModel, UNet2DModel,
+    AutoencoderKL, DDPMPipeline, DDPMScheduler, DiffusionPipeline, DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler, FluxPipeline,
+    FluxTransformer2DModel, StableDiffusionImg2ImgPipeline, StableDiffusionPipeline, UNet2DConditionModel, UNet2DModel,
 )
 
 from fewstep import FewStepScheduler
@@ -18,12 +18,22 @@ def tiny_unet() -> UNet2DModel:
     )
 
 
-@pytest.mark.parametrize("solver", ["ddim", "dpmpp_2m", "dpmpp_3m", "sde_dpmpp_2m"])
-def test_ddpm_pipeline_runs(solver):
-    scheduler = FewStepScheduler.from_config(DDPMScheduler().config, solver=solver, schedule="logsnr")
-    pipe = DDPMPipeline(unet=tiny_unet(), scheduler=scheduler)
-    images = pipe(batch_size=2, num_inference_steps=4, output_type="np", generator=torch.Generator().manual_seed(0)).images
-    assert images.shape == (2, 8, 8, 3) and bool(torch.isfinite(torch.from_numpy(images)).all())
+@pytest.mark.parametrize("solver, dpm_options", [
+    ("ddim", dict(solver_order=1)),
+    ("dpmpp_2m", dict(solver_order=2)),
+    ("dpmpp_3m", dict(solver_order=3)),
+    ("sde_dpmpp_2m", dict(solver_order=2, algorithm_type="sde-dpmsolver++")),
+])
+def test_ddpm_pipeline_matches_dpm_solver_multistep(solver, dpm_options):
+    """The whole pipeline, not just the scheduler: same UNet, same noise, same images as diffusers' DPM-Solver++."""
+    dpm = DPMSolverMultistepScheduler.from_config(DDPMScheduler().config, use_karras_sigmas=True, **dpm_options)
+    ours = FewStepScheduler.from_config(DDPMScheduler().config, solver=solver, schedule="karras")
+    unet = tiny_unet()
+    run = lambda scheduler: DDPMPipeline(unet=unet, scheduler=scheduler)(  # noqa: E731
+        batch_size=2, num_inference_steps=6, output_type="np", generator=torch.Generator().manual_seed(0)).images
+    expected, images = run(dpm), run(ours)
+    assert images.shape == (2, 8, 8, 3) and expected.std() > 0.05
+    assert abs(images - expected).max() < 1e-4
 
 
 def test_saved_pipeline_reloads_with_fewstep_scheduler(tmp_path):
@@ -65,18 +75,38 @@ def tiny_stable_diffusion() -> StableDiffusionPipeline:
     )
 
 
-def test_stable_diffusion_pipeline_with_guidance():
+def test_stable_diffusion_pipeline_with_guidance_matches_dpm_solver():
+    """Text-to-image with classifier-free guidance vs DPMSolverMultistep on the same components."""
     pipe = tiny_stable_diffusion()
-    pipe.scheduler = FewStepScheduler.from_config(pipe.scheduler.config, solver="dpmpp_2m", schedule="logsnr")
     g = torch.Generator().manual_seed(0)
     cond, uncond = torch.randn(1, 4, 8, generator=g), torch.zeros(1, 4, 8)
     run = lambda scale: pipe(  # noqa: E731
         prompt_embeds=cond, negative_prompt_embeds=uncond, guidance_scale=scale, num_inference_steps=5,
         height=8, width=8, output_type="pt", generator=torch.Generator().manual_seed(0),
     ).images
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+    expected = run(5.0)
+    pipe.scheduler = FewStepScheduler.from_config(pipe.scheduler.config, solver="dpmpp_2m")
     guided, unguided = run(5.0), run(1.0)
-    assert guided.shape == (1, 3, 8, 8) and torch.isfinite(guided).all()
-    assert not torch.allclose(guided, unguided)  # guidance changes the result
+    assert guided.shape == (1, 3, 8, 8) and torch.allclose(guided, expected, atol=1e-4)
+    assert not torch.allclose(guided, unguided, atol=1e-3)  # guidance changes the result
+
+
+@pytest.mark.parametrize("solver, order", [("dpmpp_2m", 2), ("dpmpp_3m", 3)])
+def test_img2img_starts_mid_schedule_like_dpm_solver(solver, order):
+    """StableDiffusionImg2ImgPipeline sets a begin index: the multistep history must start there."""
+    pipe = StableDiffusionImg2ImgPipeline(**tiny_stable_diffusion().components)
+    g = torch.Generator().manual_seed(0)
+    cond, image = torch.randn(1, 4, 8, generator=g), torch.rand(1, 3, 8, 8, generator=g)
+    run = lambda: pipe(  # noqa: E731
+        prompt_embeds=cond, negative_prompt_embeds=torch.zeros(1, 4, 8), image=image, strength=0.6,
+        guidance_scale=3.0, num_inference_steps=10, output_type="pt", generator=torch.Generator().manual_seed(0),
+    ).images
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config, solver_order=order)
+    expected = run()
+    pipe.scheduler = FewStepScheduler.from_config(pipe.scheduler.config, solver=solver)
+    assert pipe.scheduler.config.solver == solver
+    assert torch.allclose(run(), expected, atol=1e-4)
 
 
 def tiny_flux() -> FluxPipeline:

@@ -42,7 +42,7 @@ def encode(text: str) -> Tensor:
 
 
 def decode(ids: Tensor) -> str:
-    """ids [n] -> text; the mask id (len(ALPHABET)) prints as '_'."""
+    """ids [n] -> text; the mask id (len(ALPHABET)) prints as '\u2588' (a full block)."""
     return "".join(ALPHABET[i] if i < len(ALPHABET) else "\u2588" for i in ids.tolist())
 
 
