@@ -59,3 +59,20 @@ def check_spec_output(path: str | os.PathLike, overwrite: bool) -> Path:
     if path.exists() and not overwrite:
         raise FileExistsError(f"--out {path} already exists; pass --overwrite to replace it, or choose another file name")
     return path
+
+
+def describe_machine() -> str:
+    """One line naming the hardware and versions a benchmark ran on (CPU model, cores, torch, GPU)."""
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as info:
+            cpu = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"
+    return f"{cpu}, {cores} cores, torch {torch.__version__}, {torch.get_num_threads()} torch threads{gpu}"

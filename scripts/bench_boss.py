@@ -15,6 +15,7 @@ import time
 
 import torch
 
+from fewstep.io import describe_machine
 from fewstep.samplers import GaussianMixture, RectifiedFlowPath, get_schedule, get_solver, sample
 from fewstep.samplers.boss import boss_schedule, teacher_trajectories
 from fewstep.samplers.evaluation import exact_endpoint, rmse
@@ -131,6 +132,7 @@ def main() -> None:
     parser.add_argument("--search-noises", type=int, default=200)
     parser.add_argument("--images", type=int, default=500, help="MNIST part: images per grid")
     args = parser.parse_args()
+    print(f"Machine: {describe_machine()}\n")
     torch.set_grad_enabled(False)
     if args.part == "mixture":
         print(mixture_part(args.noises, args.search_noises))

@@ -21,6 +21,7 @@ import time
 
 import torch
 
+from fewstep.io import describe_machine
 from fewstep.samplers import get_schedule, get_solver, sample
 from fewstep.samplers.boss import boss_schedule
 from fewstep.samplers.evaluation import benchmark_mixture, benchmark_path, exact_endpoint, rmse
@@ -134,6 +135,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=500)
     parser.add_argument("--mnist-variants", nargs="+", choices=list(MNIST_VARIANTS), default=list(MNIST_VARIANTS))
     args = parser.parse_args()
+    print(f"Machine: {describe_machine()}\n")
     import sys
     from pathlib import Path
 

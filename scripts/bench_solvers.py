@@ -20,6 +20,7 @@ from collections import defaultdict
 import torch
 from diffusers import DEISMultistepScheduler, DPMSolverMultistepScheduler, UNet2DModel, UniPCMultistepScheduler
 
+from fewstep.io import describe_machine
 from fewstep import FewStepScheduler
 from fewstep.samplers import available_solvers
 from fewstep.samplers.evaluation import benchmark_mixture, benchmark_path, exact_endpoint, rmse, solver_errors
@@ -146,6 +147,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=256)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
+    print(f"Machine: {describe_machine()}\n")
     torch.set_grad_enabled(False)
     if args.part in ("errors", "all"):
         print(error_tables(args.samples))
