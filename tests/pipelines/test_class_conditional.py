@@ -91,7 +91,7 @@ def test_bad_labels_and_output_types_are_rejected() -> None:
 
 
 @pytest.mark.parametrize("kind", ["mlp", "unet"])
-def test_save_and_reload_gives_identical_samples(tmp_path: Path, kind: str) -> None:
+def test_save_and_reload_gives_the_same_samples(tmp_path: Path, kind: str) -> None:
     model = ClassConditionalMLP(num_class_embeds=5) if kind == "mlp" else _tiny_unet()
     scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0) if kind == "mlp" else DPMSolverMultistepScheduler()
     pipe = _pipe(model, scheduler)
@@ -103,7 +103,8 @@ def test_save_and_reload_gives_identical_samples(tmp_path: Path, kind: str) -> N
         loaded.set_progress_bar_config(disable=True)
         assert type(loaded) is ClassConditionalPipeline and type(loaded.unet) is type(model)
         assert type(loaded.scheduler) is type(scheduler)
-        assert torch.equal(loaded(**kw, generator=torch.Generator().manual_seed(3)).images, before)
+        # a reloaded network may differ from the in-memory one by ~1e-7 (memory layout, kernels): tolerance
+        assert torch.allclose(loaded(**kw, generator=torch.Generator().manual_seed(3)).images, before, atol=1e-5)
 
 
 @pytest.mark.parametrize("name, scheduler_cls", [("mixture_flow", FlowMatchEulerDiscreteScheduler), ("mixture_vp", DPMSolverMultistepScheduler)])
