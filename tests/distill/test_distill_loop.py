@@ -204,3 +204,14 @@ def test_read_only_run_dir_is_refused_before_any_work(tmp_path: Path, monkeypatc
         assert list(locked.iterdir()) == []
     finally:
         locked.chmod(0o755)
+
+
+def test_cli_reports_a_bad_run_dir_in_one_line(tmp_path: Path, capsys, no_model_building) -> None:
+    from fewstep.cli import main
+
+    (tmp_path / "file").write_text("x")
+    config = tmp_path / "c.yaml"
+    save_config(tiny_config(tmp_path / "run"), config)
+    assert main(["train", str(config), f"run_dir={tmp_path / 'file' / 'run'}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fewstep train: error: run_dir") and "is a file, not a folder" in err and "Traceback" not in err
