@@ -103,13 +103,39 @@ def build_model(cfg: ModelConfig) -> nn.Module:
 
         if not cfg.pretrained:
             raise ValueError("model.type=pretrained needs model.pretrained=PIPELINE_FOLDER")
-        return load_teacher(cfg.pretrained).network.requires_grad_(True).train()
+        teacher = load_teacher(cfg.pretrained)
+        network = teacher.network.requires_grad_(True).train()
+        network.fewstep_prediction_type = teacher.prediction_type  # checked against the objective (check_pretrained)
+        return network
     if cfg.type == "masked_transformer":
         from .masked_transformer import MaskedDiffusionTransformer
 
         return MaskedDiffusionTransformer(vocab_size=cfg.vocab_size, seq_len=cfg.seq_len, dim=cfg.width,
                                           num_layers=cfg.num_layers, num_heads=cfg.num_heads)
     raise ValueError(f"unknown model.type {cfg.type!r}; choose 'mlp', 'unet', 'pretrained' or 'masked_transformer'")
+
+
+#: objectives that train a velocity on the rectified-flow path (a pretrained model must predict one).
+FLOW_OBJECTIVES = ("flow_matching", "boss_straighten", "reflow")
+
+
+def check_pretrained(model: nn.Module, config: TrainConfig) -> None:
+    """Refuse a pretrained (model.type=pretrained) network whose prediction type the objective cannot train."""
+    prediction_type = getattr(model, "fewstep_prediction_type", None)
+    if config.model.type != "pretrained" or prediction_type is None:
+        return
+    name = config.objective.name
+    if name in FLOW_OBJECTIVES and prediction_type != "flow_prediction":
+        raise ValueError(
+            f"objective.name={name} trains a rectified-flow velocity, but model.pretrained={config.model.pretrained} "
+            f"predicts {prediction_type!r} (a VP / DDPM model); use a flow pipeline (e.g. assets/teachers/mnist_flow) "
+            "or objective.name=vp_diffusion"
+        )
+    if name == "vp_diffusion" and prediction_type == "flow_prediction":
+        raise ValueError(
+            f"objective.name=vp_diffusion trains a VP model, but model.pretrained={config.model.pretrained} is a "
+            "rectified-flow model (flow_prediction); use objective.name=flow_matching, boss_straighten or reflow"
+        )
 
 
 class StepBatchSampler(Sampler[list[int]]):
@@ -431,6 +457,7 @@ class Trainer:
         )
         set_seed(config.seed)
         model = build_model(config.model)
+        check_pretrained(model, config)
         self.objective: Objective = build_objective(config.objective, model)
         make_dataset = getattr(self.objective, "make_dataset", None)  # objectives that generate their data
         self.dataset = make_dataset() if make_dataset is not None else build_dataset(config.data)

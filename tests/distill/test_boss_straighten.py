@@ -55,6 +55,14 @@ def test_straightening_lowers_the_k_step_error(tmp_path, boss_spec):
     assert torch.isfinite(torch.as_tensor(points)).all()
 
 
-def test_straightening_needs_a_spec_and_a_flow_teacher(tmp_path):
+def test_straightening_needs_a_spec_and_a_flow_teacher(tmp_path, boss_spec):
     with pytest.raises(ValueError, match="objective.spec"):
         Trainer(straighten_config(tmp_path / "a", Path(""), "objective.spec=null"))
+    vp_teacher = TEACHER.parent / "mixture_vp"
+    for objective in ("boss_straighten", "reflow"):
+        with pytest.raises(ValueError, match=r"trains a rectified-flow velocity, but model.pretrained=.*mixture_vp "
+                                             r"predicts 'v_prediction'"):
+            Trainer(straighten_config(tmp_path / "b", boss_spec, f"model.pretrained={vp_teacher}",
+                                      f"objective.name={objective}"))
+    with pytest.raises(ValueError, match="vp_diffusion trains a VP model, but .* is a rectified-flow model"):
+        Trainer(straighten_config(tmp_path / "c", boss_spec, "objective.name=vp_diffusion"))
