@@ -18,7 +18,7 @@ def test_mnist_shapes_range_and_padding():
     border[2:30, 2:30] = False
     assert (ds.images[:, 0, border] == -1).all()
     raw, labels = mnist_arrays()
-    assert torch.equal(ds.images[:, 0, 2:30, 2:30], torch.from_numpy(raw).float() / 127.5 - 1)
+    torch.testing.assert_close(ds.images[:, 0, 2:30, 2:30], torch.from_numpy(raw).float() / 127.5 - 1, rtol=0, atol=1e-6)
     x, y = ds[7]
     assert x.shape == (1, 32, 32) and y == labels[7] and isinstance(y, int)
     assert ds.classes == [str(d) for d in range(10)]

@@ -44,9 +44,15 @@ def test_class_means_and_spread_match_parameters(name):
 def test_dataset_items_splits_and_registry():
     ds = get_dataset("8gaussians", n=1000)
     x, y = ds[3]
-    assert x.shape == (2,) and 0 <= y < 8 and ds.classes == [str(i) for i in range(8)]
-    assert torch.equal(ds.x, GaussianMixtureDataset("8gaussians", n=1000).x)  # seeded
-    assert not torch.equal(ds.x, get_dataset("8gaussians", split="test", n=1000).x)
+    assert x.shape == (2,) and isinstance(y, int) and ds.classes == [str(i) for i in range(8)]
+    # train draws with `seed`, test with `seed + 1` (documented): the samples are known exactly
+    train_x, train_labels = sample_mixture("8gaussians", 1000, torch.Generator().manual_seed(0))
+    assert torch.equal(ds.x, train_x) and torch.equal(ds.labels, train_labels)
+    assert torch.equal(x, train_x[3]) and y == int(train_labels[3])
+    test_x, _ = sample_mixture("8gaussians", 1000, torch.Generator().manual_seed(1))
+    assert torch.equal(get_dataset("8gaussians", split="test", n=1000).x, test_x)
+    assert torch.equal(GaussianMixtureDataset("8gaussians", n=10, seed=5).x,
+                       sample_mixture("8gaussians", 10, torch.Generator().manual_seed(5))[0])
     assert get_dataset("moons", n=10).classes == ["0", "1"]
     with pytest.raises(ValueError, match="choose one of 8gaussians"):
         mixture_parameters("swissroll")

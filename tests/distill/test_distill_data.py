@@ -32,11 +32,18 @@ def test_too_small_dataset_is_a_clear_error() -> None:
         StepBatchSampler(10, 8, 2, 0, seed=0)
 
 
+def _first_batch_indices(trainer: Trainer, batch_size: int) -> list[int]:
+    return next(iter(StepBatchSampler(len(trainer.dataset), batch_size, 1, 0, seed=trainer.config.seed)))
+
+
 def test_mixture_batches_have_the_documented_shapes_and_labels(tmp_path: Path) -> None:
     trainer = Trainer(tiny_config(tmp_path / "run", "data.batch_size=16"))
     x, labels = next(trainer._batches())
     assert x.shape == (16, 2) and x.dtype == torch.float32
     assert labels.shape == (16,) and labels.dtype == torch.int64 and 0 <= labels.min() and labels.max() < 8
+    # the batch is the dataset's items at the sampler's first 16 indices (seed 0, step 0)
+    index = torch.tensor(_first_batch_indices(trainer, 16))
+    assert torch.equal(x, trainer.dataset.x[index]) and torch.equal(labels, trainer.dataset.labels[index])
 
 
 def test_mnist_batches_have_the_documented_shapes_and_labels(tmp_path: Path) -> None:
@@ -45,3 +52,5 @@ def test_mnist_batches_have_the_documented_shapes_and_labels(tmp_path: Path) -> 
     x, labels = next(trainer._batches())
     assert x.shape == (8, 1, 32, 32) and -1 <= x.min() and x.max() <= 1
     assert labels.shape == (8,) and 0 <= labels.min() and labels.max() <= 9
+    index = torch.tensor(_first_batch_indices(trainer, 8))
+    assert torch.equal(x, trainer.dataset.images[index]) and torch.equal(labels, trainer.dataset.labels[index])

@@ -127,9 +127,17 @@ def test_missing_dataset_path_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_tensorboard_logs_are_written(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     with single_thread():
-        train(tiny_config(tmp_path / "run", "max_steps=5", "log_with=tensorboard"))
-    assert list((tmp_path / "run" / "logs").rglob("events.out.tfevents.*"))
+        result = train(tiny_config(tmp_path / "run", "max_steps=10", "log_every=5", "log_with=tensorboard"))
+    events = EventAccumulator(str(tmp_path / "run" / "logs" / "train"))
+    events.Reload()
+    assert {"loss", "grad_norm", "lr"} <= set(events.Tags()["scalars"])
+    loss = [(e.step, e.value) for e in events.Scalars("loss")]
+    assert [step for step, _ in loss] == [5, 10]  # every log_every steps, numbered by optimizer steps done
+    assert [value for _, value in loss] == pytest.approx([result.losses[4], result.losses[9]], rel=1e-6)
+    assert [e.value for e in events.Scalars("lr")] == pytest.approx([3e-3, 3e-3])
 
 
 def test_two_process_accelerate_launch_completes(tmp_path: Path) -> None:
@@ -158,9 +166,11 @@ def test_export_only_writes_the_checkpoint_ema_as_a_pipeline(tmp_path: Path) -> 
                                   run_dir=None, export_only=True)
         assert run(args) == 0
     ema_step2 = _weights(tmp_path / "run" / "pipeline")
-    assert ema_step2.keys() == ema_final.keys() and not all(torch.equal(ema_step2[k], ema_final[k]) for k in ema_final)
+    assert ema_step2.keys() == ema_final.keys()
+    assert max((ema_step2[k] - ema_final[k]).abs().max().item() for k in ema_final) > 1e-4  # step 2's, not the final
     ckpt = load_file(str(tmp_path / "run/checkpoints/step_000002/ema/ema_weights.safetensors"))
-    assert all(torch.equal(ckpt[k], ema_step2[k]) for k in ckpt)
+    for k in ckpt:  # the exported model is the reloaded checkpoint's EMA (compared with a tolerance)
+        torch.testing.assert_close(ema_step2[k], ckpt[k], rtol=1e-6, atol=1e-7)
 
 
 # -- run_dir is checked before any work --------------------------------------------------
