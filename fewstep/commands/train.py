@@ -12,8 +12,11 @@ import sys
 
 DESCRIPTION = """\
 Train a model from a YAML/JSON config (see docs/training.md and assets/configs/).
-Overrides are key=value or section.key=value (sections: model, data, objective, optim);
-unknown keys are rejected with the valid ones listed. The run folder (run_dir) receives
+Overrides are key=value or section.key=value (sections: model, data, objective, optim),
+applied in order; an override replaces the value it names (data.options={} clears the
+file's options, data.options.n=5000 changes one). Unknown keys and dataset options are
+rejected with the valid ones listed. --resume latest skips damaged checkpoints (with a
+warning naming the bad file). The run folder (run_dir) receives
 config.yaml (resolved), logs/ (tensorboard), samples/, checkpoints/step_XXXXXX and, at the
 end, pipeline/ (the EMA model as a ClassConditionalPipeline, loadable with from_pretrained).
 """
