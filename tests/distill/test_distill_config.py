@@ -191,3 +191,10 @@ def test_a_shipped_config_switches_to_an_image_folder(tmp_path: Path) -> None:
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["data"]["options"] == {"resolution": 8,
                                                                                                  "channels": 1}
     assert (tmp_path / "run" / "pipeline" / "model_index.json").is_file()
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_config_loads_and_round_trips(tmp_path: Path, path: Path) -> None:
+    config = load_config(path)
+    assert config.objective.name == yaml.safe_load(path.read_text())["objective"]["name"]
+    assert load_config(save_config(config, tmp_path / "config.yaml")) == config
