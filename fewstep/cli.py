@@ -12,9 +12,11 @@ environment variable FEWSTEP_TRACEBACK=1 shows the full traceback instead.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
+import warnings
 from typing import Sequence
 
 TRACEBACK_VARIABLE = "FEWSTEP_TRACEBACK"
@@ -66,6 +68,25 @@ def describe_error(error: BaseException) -> str:
     return message or type(error).__name__
 
 
+@contextlib.contextmanager
+def short_fewstep_warnings(command: str):
+    """Print warnings raised by fewstep's own code as `fewstep COMMAND: warning: ...` (others unchanged)."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    previous = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if os.path.abspath(filename).startswith(package + os.sep):
+            print(f"fewstep {command}: warning: {message}", file=file or sys.stderr)
+        else:
+            previous(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = previous
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse `argv` and run the chosen subcommand; returns the process exit code."""
     parser = build_parser()
@@ -75,7 +96,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     show_traceback = args.traceback or os.environ.get(TRACEBACK_VARIABLE, "") not in ("", "0")
     try:
-        return int(args._run(args) or 0)
+        with short_fewstep_warnings(args.command):
+            return int(args._run(args) or 0)
     except user_error_types() as error:
         if show_traceback:
             raise

@@ -102,3 +102,20 @@ def test_import_fewstep_is_enough_to_load_its_pipelines():
                 f"print(type(DiffusionPipeline.from_pretrained({str(teacher)!r})).__name__)")
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
         assert out.stdout.strip().splitlines()[-1] == "ClassConditionalPipeline"
+
+
+def test_fewstep_warnings_are_one_line(monkeypatch, capsys):
+    import warnings
+
+    import fewstep.commands.solvers as solvers_command
+
+    def run(args):
+        from fewstep.io import describe_machine  # any fewstep module: the warning's file is inside the package
+        warnings.warn_explicit("checkpoint step_000004 is damaged; resuming from step_000002", UserWarning,
+                               describe_machine.__code__.co_filename, 1)
+        return 0
+
+    monkeypatch.setattr(solvers_command, "run", run)
+    assert main(["solvers"]) == 0
+    err = capsys.readouterr().err
+    assert err.strip() == "fewstep solvers: warning: checkpoint step_000004 is damaged; resuming from step_000002"
