@@ -382,44 +382,18 @@ def load_ema(ema: Any, network: nn.Module, folder: Path) -> None:
 RUN_SUBFOLDERS = ("checkpoints", "logs", "samples", "pipeline")
 
 
-def _probe_writable(folder: Path, run_dir: Path) -> None:
-    """PermissionError naming run_dir unless files can be created in `folder` (access(2): modes, ACLs, read-only mounts)."""
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise PermissionError(
-            f"run_dir {run_dir} is not writable: cannot create files in {folder} (permission denied or a "
-            "read-only file system); choose a run_dir you can write to (run_dir=PATH or --run-dir PATH) or fix "
-            "the folder's permissions"
-        )
-
-
 def check_run_dir(run_dir: str | Path) -> None:
     """Raise an OSError naming the problem unless `run_dir` is a writable folder or can be created as one.
 
-    Creates and changes nothing: checks the nearest existing folder (run_dir itself, or the
-    ancestor it would be created in), and the sub-folders the loop writes to when they exist.
+    Creates and changes nothing: `fewstep.io.check_writable_target` checks run_dir (or the
+    ancestor it would be created in); here also the sub-folders the loop writes to, if they exist.
     """
-    run_dir = Path(run_dir)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise NotADirectoryError(f"run_dir {run_dir} is a file, not a folder; choose another run_dir (run_dir=PATH)")
-    if not run_dir.exists():
-        ancestor = run_dir.absolute().parent
-        while not ancestor.exists() and ancestor != ancestor.parent:
-            ancestor = ancestor.parent
-        if not ancestor.is_dir():
-            raise NotADirectoryError(
-                f"run_dir {run_dir} cannot be created: {ancestor} is a file, not a folder; choose another run_dir "
-                "(run_dir=PATH)"
-            )
-        _probe_writable(ancestor, run_dir)
-        return
-    _probe_writable(run_dir, run_dir)
+    from fewstep.io import check_writable_target
+
+    run_dir = check_writable_target(run_dir, "run_dir", folder=True)
     for name in RUN_SUBFOLDERS:
-        sub = run_dir / name
-        if sub.exists() and not sub.is_dir():
-            raise NotADirectoryError(f"{sub} is a file, but the run writes a folder there; move the file away or "
-                                     "choose another run_dir")
-        if sub.is_dir():
-            _probe_writable(sub, run_dir)
+        if (run_dir / name).exists():
+            check_writable_target(run_dir / name, "run_dir sub-folder", folder=True)
 
 
 def _atomic_replace_dir(tmp: Path, final: Path) -> None:

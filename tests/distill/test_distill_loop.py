@@ -189,7 +189,7 @@ def test_run_dir_that_is_a_file_is_refused_before_any_work(tmp_path: Path, no_mo
     (tmp_path / "file").write_text("x")
     with pytest.raises(NotADirectoryError, match=r"run_dir .*file is a file, not a folder"):
         train(tiny_config(tmp_path / "file"))
-    with pytest.raises(NotADirectoryError, match=r"cannot be created: .*file is a file"):
+    with pytest.raises(NotADirectoryError, match=r"cannot be written: .*file is a file, not a folder"):
         train(tiny_config(tmp_path / "file" / "deeper" / "run"))
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "checkpoints").write_text("x")
@@ -209,7 +209,7 @@ def test_read_only_run_dir_is_refused_before_any_work(tmp_path: Path, monkeypatc
                             else real_access(path, mode, **kw))
     try:
         for run_dir in (locked, locked / "new" / "run"):
-            with pytest.raises(PermissionError, match=r"run_dir .*locked.* is not writable"):
+            with pytest.raises(PermissionError, match=r"run_dir .*locked.* cannot be written: no permission"):
                 train(tiny_config(run_dir))
         assert list(locked.iterdir()) == []
     finally:
