@@ -13,7 +13,6 @@ import json
 import os
 import sys
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -356,27 +355,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fewstep")
     register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["fid", *(sys.argv[1:] if argv is None else argv)])
+    from fewstep.cli import TRACEBACK_VARIABLE, describe_error, user_error_types
+
     try:
         return int(run(args) or 0)
-    except Exception as error:
-        if not _is_user_error(error):
+    except user_error_types() as error:  # the same one-line convention as `fewstep`
+        if os.environ.get(TRACEBACK_VARIABLE, "") not in ("", "0"):
             raise
-        if os.environ.get("FEWSTEP_TRACEBACK") == "1":
-            traceback.print_exc()
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"fewstep fid: error: {message}", file=sys.stderr)
+        print(f"fewstep fid: error: {describe_error(error)}", file=sys.stderr)
         return 2
-
-
-def _is_user_error(error: BaseException) -> bool:
-    """The errors `fewstep` reports in one line (ValueError, OSError, KeyError, safetensors errors)."""
-    if isinstance(error, (ValueError, OSError, KeyError)):
-        return True
-    try:
-        from safetensors import SafetensorError
-    except ImportError:
-        return False
-    return isinstance(error, SafetensorError)
 
 
 if __name__ == "__main__":

@@ -237,6 +237,25 @@ def test_stats_out_is_checked_before_any_feature_is_computed(two_folders, tmp_pa
     assert list(read_only.iterdir()) == []
 
 
+def test_fewstep_cli_reports_output_errors_in_one_line(two_folders, tmp_path, capsys, monkeypatch, no_extraction):
+    """Through `fewstep fid` itself: NotADirectoryError / FileExistsError are one-line user errors."""
+    try:
+        from fewstep import cli
+
+        cli.build_parser()
+    except ImportError as error:  # another command mid-edit: this command alone is tested above
+        pytest.skip(f"fewstep.cli does not import: {error}")
+    monkeypatch.delenv("FEWSTEP_TRACEBACK", raising=False)
+    a, _ = two_folders
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "exists.npz").write_text("x")
+    for out, needle in ((tmp_path / "a_file" / "x.npz", "not a folder"), (tmp_path / "exists.npz", "--overwrite")):
+        capsys.readouterr()
+        assert cli.main(["fid", "stats", str(a), "--out", str(out), *TINY]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("fewstep fid: error: --out ") and needle in err and "Traceback" not in err
+
+
 def test_stats_overwrite_replaces_an_existing_file_and_missing_folders_are_created(two_folders, tmp_path, capsys):
     a, _ = two_folders
     existing = tmp_path / "existing.npz"
