@@ -21,8 +21,6 @@ from typing import Any, Sequence, Union
 import yaml
 
 MODEL_TYPES = ("mlp", "unet", "pretrained", "masked_transformer")
-OBJECTIVES = ("flow_matching", "vp_diffusion", "boss_straighten", "reflow", "masked_diffusion")
-TIME_SAMPLINGS = ("uniform", "logit_normal")
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 TRACKERS = ("tensorboard", "none")
@@ -62,24 +60,60 @@ class DataConfig:
     num_workers: int = 0
 
 
-@dataclass
 class ObjectiveConfig:
-    """What is trained: teachers (flow_matching, vp_diffusion with CFG label dropout; masked_diffusion for tokens)
-    or a pretrained flow fine-tuned on its own trajectories (boss_straighten, reflow)."""
+    """The `objective:` section: `name` (a registered objective) + the options that objective declares.
 
-    name: str = "flow_matching"
-    prediction_type: str | None = None  # None: flow_prediction (flow) / epsilon (vp)
-    time_sampling: str = "uniform"  # flow: uniform | logit_normal (SD3, Esser et al. 2024)
-    logit_mean: float = 0.0
-    logit_std: float = 1.0
-    cfg_dropout: float = 0.1  # probability of replacing the label by the null class
-    beta_schedule: str = "linear"  # vp
-    num_train_timesteps: int = 1000
-    spec: str | None = None  # boss_straighten: the BOSS sampler spec (fewstep boss schedule --out); reflow: preview grid
-    num_noises: int = 1024  # boss_straighten / reflow: teacher trajectories stored
-    fine_steps: int = 100  # boss_straighten / reflow: the teacher's fine uniform Euler grid (the spec must lie on it)
-    lora_rank: int = 0  # boss_straighten / reflow: > 0 trains LoRA adapters (peft) instead of every weight
-    mask_eps: float = 1e-3  # masked_diffusion: log-linear path, mask probability (1 - eps) t
+    The options are the objective's own `Options` dataclass (`fewstep.distill.objectives`), so
+    each objective states its options, defaults and checks once; an option the named objective
+    does not declare is an error listing the ones it does. Options read as attributes
+    (`config.objective.lora_rank`); `to_dict()` gives the flat YAML mapping back.
+    """
+
+    def __init__(self, name: str = "flow_matching", options: Any = None) -> None:
+        from .objectives import get_objective_class
+
+        objective = get_objective_class(name)
+        self.name = name
+        self.options = options if options is not None else objective.Options()
+
+    @classmethod
+    def from_mapping(cls, data: Any, prefix: str = "objective.") -> "ObjectiveConfig":
+        """Build from `{name: ..., option: value, ...}`, checking every option against the objective's `Options`."""
+        from .objectives import get_objective_class
+
+        if not isinstance(data, dict):
+            raise ValueError(f"config section 'objective' must be a mapping, got {data!r}")
+        options = dict(data)
+        name = options.pop("name", "flow_matching")
+        objective = get_objective_class(name)
+        valid = _valid_keys(objective.Options)
+        unknown = [key for key in options if key not in valid]
+        if unknown:
+            listed = ", ".join(valid) if valid else "none"
+            raise ValueError(
+                f"{', '.join(prefix + key for key in unknown)}: not an option of objective {name!r} (its options: "
+                f"{listed}); drop it, or choose the objective that uses it"
+            )
+        return cls(name, _build(objective.Options, options, prefix))
+
+    def __getattr__(self, key: str) -> Any:
+        options = self.__dict__.get("options")
+        if options is None or key.startswith("__"):
+            raise AttributeError(key)
+        try:
+            return getattr(options, key)
+        except AttributeError:
+            raise AttributeError(f"objective {self.__dict__.get('name')!r} has no option {key!r}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        """`{name: ..., **options}` as in a config file."""
+        return {"name": self.name, **dataclasses.asdict(self.options)}
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ObjectiveConfig) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        return f"ObjectiveConfig({self.to_dict()})"
 
 
 @dataclass
@@ -124,8 +158,6 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         """Check choices and ranges; raises ValueError naming the key and the valid values."""
         _check_choice("model.type", self.model.type, MODEL_TYPES)
-        _check_choice("objective.name", self.objective.name, OBJECTIVES)
-        _check_choice("objective.time_sampling", self.objective.time_sampling, TIME_SAMPLINGS)
         _check_choice("mixed_precision", self.mixed_precision, MIXED_PRECISIONS)
         _check_choice("optim.lr_scheduler", self.optim.lr_scheduler, LR_SCHEDULERS)
         _check_choice("log_with", self.log_with, TRACKERS)
@@ -137,22 +169,39 @@ class TrainConfig:
         for key, value in positive.items():
             if not value > 0:
                 raise ValueError(f"{key} must be > 0, got {value}")
-        if not 0 <= self.objective.cfg_dropout < 1:
-            raise ValueError(f"objective.cfg_dropout must lie in [0, 1), got {self.objective.cfg_dropout}")
-        if self.objective.lora_rank < 0:
-            raise ValueError(f"objective.lora_rank must be >= 0 (0 trains every weight), got {self.objective.lora_rank}")
-        if (self.model.type == "masked_transformer") != (self.objective.name == "masked_diffusion"):
-            raise ValueError("model.type=masked_transformer and objective.name=masked_diffusion go together "
-                             f"(got model.type={self.model.type}, objective.name={self.objective.name})")
+        self._check_objective_model()
         if self.model.type == "masked_transformer" and self.model.vocab_size < 1:
             raise ValueError("model.type=masked_transformer needs model.vocab_size (the dataset's; text: 59)")
         if not 0 <= self.optim.ema_decay < 1:
             raise ValueError(f"optim.ema_decay must lie in [0, 1) (0 disables EMA), got {self.optim.ema_decay}")
         return self
 
+    def _check_objective_model(self) -> None:
+        """The model types and the teacher the objective declares it needs (`model_types`, `teacher_use`)."""
+        from .objectives import get_objective_class
+
+        name, model_type = self.objective.name, self.model.type
+        objective = get_objective_class(name)
+        allowed = objective.model_types
+        if (allowed is not None and model_type not in allowed) or (allowed is None and model_type == "masked_transformer"):
+            wanted = " or ".join(allowed) if allowed else "mlp, unet or pretrained"
+            raise ValueError(f"objective.name={name} trains model.type={wanted}, not model.type={model_type}"
+                             + ("; model.type=masked_transformer goes with objective.name=masked_diffusion"
+                                if model_type == "masked_transformer" else ""))
+        if objective.teacher_use == "required" and model_type != "pretrained":
+            raise ValueError(f"objective.name={name} learns from a teacher: set model.type=pretrained and "
+                             "model.pretrained=PIPELINE_FOLDER (e.g. assets/teachers/mnist_flow)")
+        if objective.teacher_use == "none" and model_type == "pretrained":
+            raise ValueError(f"objective.name={name} does not start from a pretrained pipeline; use another model.type")
+
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (tuples as lists), the inverse of `config_from_dict`."""
-        return json.loads(json.dumps(dataclasses.asdict(self)))
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = value.to_dict() if isinstance(value, ObjectiveConfig) else (
+                dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value)
+        return json.loads(json.dumps(out))
 
 
 def _check_choice(key: str, value: Any, choices: Sequence[str]) -> None:
@@ -165,7 +214,7 @@ def _valid_keys(cls: type) -> list[str]:
 
 
 def _is_section(tp: Any) -> bool:
-    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+    return tp is ObjectiveConfig or (isinstance(tp, type) and dataclasses.is_dataclass(tp))
 
 
 def _coerce(key: str, value: Any, tp: Any) -> Any:
@@ -225,8 +274,16 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
             where = f"in section '{prefix.rstrip('.')}'" if prefix else "at the top level"
             raise ValueError(f"unknown config key '{prefix}{key}'; valid keys {where}: {', '.join(valid)}")
         tp = hints[key]
-        kwargs[key] = _build(tp, value, f"{prefix}{key}.") if _is_section(tp) else _coerce(prefix + key, value, tp)
-    return cls(**kwargs)
+        if tp is ObjectiveConfig:
+            kwargs[key] = ObjectiveConfig.from_mapping(value, f"{prefix}{key}.")
+        elif _is_section(tp):
+            kwargs[key] = _build(tp, value, f"{prefix}{key}.")
+        else:
+            kwargs[key] = _coerce(prefix + key, value, tp)
+    try:
+        return cls(**kwargs)
+    except ValueError as error:  # an Options dataclass's own checks
+        raise ValueError(str(error)) from None
 
 
 def config_from_dict(data: dict[str, Any]) -> TrainConfig:

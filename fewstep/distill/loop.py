@@ -15,6 +15,7 @@ come from the checkpoint.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import math
@@ -31,7 +32,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .config import DataConfig, ModelConfig, TrainConfig, save_config
-from .objectives import Objective, build_objective
+from .objectives import Objective, Teacher, build_objective
 
 CHECKPOINT_PREFIX = "step_"
 STATE_FILE = "trainer_state.json"
@@ -90,8 +91,11 @@ def build_dataset(cfg: DataConfig) -> Dataset:
     return get_dataset(cfg.name, split=cfg.split, **kwargs)
 
 
-def build_model(cfg: ModelConfig) -> nn.Module:
-    """The network named by `model.type`, with num_classes + 1 class embeddings (null class last)."""
+def build_model(cfg: ModelConfig, teacher: Teacher | None = None) -> nn.Module:
+    """The network named by `model.type`, with num_classes + 1 class embeddings (null class last).
+
+    `model.type=pretrained`: a trainable copy of the teacher's network (`load_model_teacher`).
+    """
     from .models import ClassConditionalMLP, small_unet
 
     if cfg.type == "mlp":
@@ -99,14 +103,9 @@ def build_model(cfg: ModelConfig) -> nn.Module:
     if cfg.type == "unet":
         return small_unet(cfg.sample_size, cfg.in_channels, cfg.num_classes, cfg.block_out_channels, cfg.layers_per_block, cfg.attention)
     if cfg.type == "pretrained":
-        from fewstep.pipelines.loading import load_teacher
-
-        if not cfg.pretrained:
-            raise ValueError("model.type=pretrained needs model.pretrained=PIPELINE_FOLDER")
-        teacher = load_teacher(cfg.pretrained)
-        network = teacher.network.requires_grad_(True).train()
-        network.fewstep_prediction_type = teacher.prediction_type  # checked against the objective (check_pretrained)
-        return network
+        if teacher is None:
+            teacher = load_model_teacher(cfg)
+        return copy.deepcopy(teacher.network).requires_grad_(True).train()
     if cfg.type == "masked_transformer":
         from .masked_transformer import MaskedDiffusionTransformer
 
@@ -115,27 +114,17 @@ def build_model(cfg: ModelConfig) -> nn.Module:
     raise ValueError(f"unknown model.type {cfg.type!r}; choose 'mlp', 'unet', 'pretrained' or 'masked_transformer'")
 
 
-#: objectives that train a velocity on the rectified-flow path (a pretrained model must predict one).
-FLOW_OBJECTIVES = ("flow_matching", "boss_straighten", "reflow")
+def load_model_teacher(cfg: ModelConfig) -> Teacher | None:
+    """The whole pretrained teacher (network, noise path, prediction type, scheduler config) for model.type=pretrained."""
+    if cfg.type != "pretrained":
+        return None
+    from fewstep.pipelines.loading import load_teacher
 
-
-def check_pretrained(model: nn.Module, config: TrainConfig) -> None:
-    """Refuse a pretrained (model.type=pretrained) network whose prediction type the objective cannot train."""
-    prediction_type = getattr(model, "fewstep_prediction_type", None)
-    if config.model.type != "pretrained" or prediction_type is None:
-        return
-    name = config.objective.name
-    if name in FLOW_OBJECTIVES and prediction_type != "flow_prediction":
-        raise ValueError(
-            f"objective.name={name} trains a rectified-flow velocity, but model.pretrained={config.model.pretrained} "
-            f"predicts {prediction_type!r} (a VP / DDPM model); use a flow pipeline (e.g. assets/teachers/mnist_flow) "
-            "or objective.name=vp_diffusion"
-        )
-    if name == "vp_diffusion" and prediction_type == "flow_prediction":
-        raise ValueError(
-            f"objective.name=vp_diffusion trains a VP model, but model.pretrained={config.model.pretrained} is a "
-            "rectified-flow model (flow_prediction); use objective.name=flow_matching, boss_straighten or reflow"
-        )
+    if not cfg.pretrained:
+        raise ValueError("model.type=pretrained needs model.pretrained=PIPELINE_FOLDER")
+    teacher = load_teacher(cfg.pretrained)
+    teacher.network.eval().requires_grad_(False)
+    return teacher
 
 
 class StepBatchSampler(Sampler[list[int]]):
@@ -249,7 +238,7 @@ def verify_checkpoint(path: Path, num_networks: int = 1, num_optimizers: int = 1
     Every file must load (safetensors headers match the file size, torch.save archives pass their
     CRC check, JSON parses) and the files `_restore` needs must be there: `trainer_state.json`,
     `model.safetensors` (`model_1.safetensors`, ... for more networks), `optimizer.bin`
-    (`optimizer_1.bin`, ...) and, when the state says the run had EMA, `ema/`.
+    (`optimizer_1.bin`, ...) and `ema/<network>/` for every network the state lists under "ema".
     """
     path = Path(path)
     state_file = path / STATE_FILE
@@ -261,8 +250,8 @@ def verify_checkpoint(path: Path, num_networks: int = 1, num_optimizers: int = 1
     required += [path / (f"optimizer_{i}.bin" if i else "optimizer.bin") for i in range(num_optimizers)]
     if state_file.is_file() and _checkpoint_problem(state_file) is None:
         state = json.loads(state_file.read_text())
-        if isinstance(state, dict) and state.get("ema"):
-            required += [path / EMA_DIR / EMA_WEIGHTS, path / EMA_DIR / EMA_STATE]
+        for name in (state.get("ema") or []) if isinstance(state, dict) else []:
+            required += [path / EMA_DIR / name / EMA_WEIGHTS, path / EMA_DIR / name / EMA_STATE]
     for file in required:
         if not file.is_file():
             raise DamagedCheckpointError(f"checkpoint {path} is incomplete: {file.relative_to(path)} is missing")
@@ -362,7 +351,8 @@ def load_ema(ema: Any, network: nn.Module, folder: Path) -> None:
     from safetensors.torch import load_file
 
     if not (folder / EMA_WEIGHTS).is_file():
-        raise ValueError(f"checkpoint {folder.parent} has no EMA weights ({EMA_DIR}/{EMA_WEIGHTS}); resume with optim.ema_decay=0")
+        raise ValueError(f"checkpoint {folder.parent.parent} has no EMA weights ({folder.parent.name}/{folder.name}/"
+                         f"{EMA_WEIGHTS}); resume with the run's own config (run_dir/config.yaml)")
     try:
         weights = load_file(str(folder / EMA_WEIGHTS))
         counters = json.loads((folder / EMA_STATE).read_text())
@@ -430,12 +420,14 @@ class Trainer:
             project_config=ProjectConfiguration(project_dir=str(self.run_dir), logging_dir=str(self.run_dir / "logs")),
         )
         set_seed(config.seed)
-        model = build_model(config.model)
-        check_pretrained(model, config)
-        self.objective: Objective = build_objective(config.objective, model)
+        self.teacher = load_model_teacher(config.model)
+        model = build_model(config.model, self.teacher)
+        self.objective: Objective = build_objective(config.objective.name, config.objective.options, model, self.teacher)
         make_dataset = getattr(self.objective, "make_dataset", None)  # objectives that generate their data
         self.dataset = make_dataset() if make_dataset is not None else build_dataset(config.data)
         self.objective.check_data(self.dataset, config.model.num_classes)
+        if self.teacher is not None:
+            self.teacher.network.to(self.accelerator.device)
         self.resume_from = resolve_resume(self.run_dir, resume, len(self.objective.networks), len(self.objective.phases))
         self.resume_state = read_checkpoint_state(self.resume_from, self.objective.networks) if self.resume_from else None
         self._build_optimization()
@@ -466,17 +458,15 @@ class Trainer:
         prepared = prepared if isinstance(prepared, tuple) else (prepared,)
         self.objective.networks = dict(zip(names, prepared[: len(names)]))
         self.optimizers = list(prepared[len(names):])
-        net = self.ema_target()
-        self.ema = None
+        self.emas: dict[str, EMAModel] = {}
         if cfg.ema_decay > 0:
-            self.ema = EMAModel(net.parameters(), decay=cfg.ema_decay, use_ema_warmup=cfg.ema_warmup)
-            self.ema.to(self.accelerator.device)
+            networks = self.networks()
+            for name in self.objective.ema_names():
+                self.emas[name] = EMAModel(networks[name].parameters(), decay=cfg.ema_decay, use_ema_warmup=cfg.ema_warmup)
+                self.emas[name].to(self.accelerator.device)
 
-    def ema_target(self) -> nn.Module:
-        """The unwrapped network that is averaged, sampled and exported."""
-        return self.accelerator.unwrap_model(self.objective.networks[self.objective.ema_network])
-
-    def _unwrapped_networks(self) -> dict[str, nn.Module]:
+    def networks(self) -> dict[str, nn.Module]:
+        """Every network of the objective, without accelerate's wrappers (raw, not EMA, weights)."""
         return {k: self.accelerator.unwrap_model(v) for k, v in self.objective.networks.items()}
 
     def _restore(self) -> None:
@@ -487,9 +477,10 @@ class Trainer:
         except Exception as error:  # verified beforehand; name the checkpoint if loading still fails
             raise DamagedCheckpointError(f"cannot load checkpoint {self.resume_from} ({type(error).__name__}: {error}); "
                                          "resume from another checkpoint or with the run's own config") from error
-        if self.ema is not None:
-            load_ema(self.ema, self.ema_target(), self.resume_from / EMA_DIR)
-            self.ema.to(self.accelerator.device)
+        networks = self.networks()
+        for name, ema in self.emas.items():
+            load_ema(ema, networks[name], self.resume_from / EMA_DIR / name)
+            ema.to(self.accelerator.device)
         self.start_step = int(self.resume_state["step"])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "lr_scheduler.step() before optimizer.step()"
@@ -512,10 +503,11 @@ class Trainer:
         acc.save_state(str(tmp))
         acc.wait_for_everyone()
         if acc.is_main_process:
-            if self.ema is not None:
-                save_ema(self.ema, self.ema_target(), tmp / EMA_DIR)
-            state = {"step": step, "objective": self.config.objective.name, "ema": self.ema is not None,
-                     "networks": _network_signature(self._unwrapped_networks())}
+            networks = self.networks()
+            for name, ema in self.emas.items():
+                save_ema(ema, networks[name], tmp / EMA_DIR / name)
+            state = {"step": step, "objective": self.config.objective.name, "ema": list(self.emas),
+                     "networks": _network_signature(networks)}
             (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
             _atomic_replace_dir(tmp, final)
             self._prune_checkpoints()
@@ -536,52 +528,57 @@ class Trainer:
                 shutil.rmtree(old, ignore_errors=True)
 
     @contextlib.contextmanager
-    def ema_weights(self) -> Iterator[nn.Module]:
-        """The EMA network's weights swapped in temporarily (the raw weights without EMA)."""
-        net = self.ema_target()
-        if self.ema is None:
-            yield net
-            return
-        self.ema.store(net.parameters())
-        self.ema.copy_to(net.parameters())
+    def ema_weights(self) -> Iterator[dict[str, nn.Module]]:
+        """Every network with its EMA weights swapped in temporarily (raw weights where it has no EMA)."""
+        networks = self.networks()
+        swapped = []
         try:
-            yield net
+            for name, ema in self.emas.items():
+                ema.store(networks[name].parameters())
+                swapped.append(name)
+                ema.copy_to(networks[name].parameters())
+            yield networks
         finally:
-            self.ema.restore(net.parameters())
+            for name in swapped:
+                self.emas[name].restore(networks[name].parameters())
 
-    def sample_fn(self, net: nn.Module) -> SampleFn:
+    def sample_fn(self, networks: dict[str, nn.Module]) -> SampleFn:
         """`class_labels -> samples` with the configured solver steps and guidance (seeded, deterministic)."""
         cfg = self.config
 
         def fn(class_labels: Tensor) -> Tensor:
             generator = torch.Generator(device=self.accelerator.device).manual_seed(cfg.seed)
-            was_training = net.training
-            net.eval()
+            modes = {name: net.training for name, net in networks.items()}
+            for net in networks.values():
+                net.eval()
             try:
-                return self.objective.sample(net, class_labels.to(self.accelerator.device), generator, cfg.sample_steps, cfg.sample_guidance)
+                return self.objective.sample(networks, class_labels.to(self.accelerator.device), generator,
+                                             cfg.sample_steps, cfg.sample_guidance)
             finally:
-                net.train(was_training)
+                for name, net in networks.items():
+                    net.train(modes[name])
 
         return fn
 
     def write_sample_grid(self, step: int) -> Path:
         """The objective's preview of EMA samples (an image grid, a 2-D scatter plot, decoded text) in run_dir/samples."""
-        with self.ema_weights() as net:
-            return self.objective.write_preview(self.sample_fn(net), net, self.run_dir / "samples" / f"{CHECKPOINT_PREFIX}{step:06d}",
+        with self.ema_weights() as networks:
+            return self.objective.write_preview(self.sample_fn(networks), networks,
+                                                self.run_dir / "samples" / f"{CHECKPOINT_PREFIX}{step:06d}",
                                                 self.config.model.num_classes, self.config.samples_per_class)
 
     def evaluate(self, step: int) -> dict[str, float]:
         """Run `eval_fn` on the EMA weights (main process)."""
         assert self.eval_fn is not None
-        with self.ema_weights() as net:
-            return {k: float(v) for k, v in self.eval_fn(self.sample_fn(net), step).items()}
+        with self.ema_weights() as networks:
+            return {k: float(v) for k, v in self.eval_fn(self.sample_fn(networks), step).items()}
 
     def export_pipeline(self) -> Path:
-        """Save the EMA network the objective's way (by default a `ClassConditionalPipeline`) in run_dir/pipeline."""
+        """Save the EMA networks the objective's way (by default a `ClassConditionalPipeline`) in run_dir/pipeline."""
         final, tmp = self.run_dir / "pipeline", self.run_dir / ".tmp_pipeline"
         shutil.rmtree(tmp, ignore_errors=True)
-        with self.ema_weights() as net:
-            self.objective.export(net, tmp)
+        with self.ema_weights() as networks:
+            self.objective.export(networks, tmp)
         _atomic_replace_dir(tmp, final)
         return final
 
@@ -626,15 +623,16 @@ class Trainer:
         )
 
     def train_step(self, step: int, batches: Iterator[Any]) -> dict[str, float]:
-        """One optimizer step per phase, then the EMA update; returns logged scalars."""
+        """One optimizer step per phase, then the EMA updates; returns logged scalars."""
         logs: dict[str, float] = {}
         for phase, optimizer, scheduler in zip(self.objective.phases, self.optimizers, self.lr_schedulers):
             values = self._phase_step(phase, optimizer, scheduler, step, batches)
             prefix = "" if len(self.objective.phases) == 1 else f"{phase}/"
             logs.update({prefix + k: v for k, v in values.items()})
             logs[f"{prefix}lr"] = scheduler.get_last_lr()[0]
-        if self.ema is not None:
-            self.ema.step(self.ema_target().parameters())
+        networks = self.networks()
+        for name, ema in self.emas.items():
+            ema.step(networks[name].parameters())
         return logs
 
     # -- the loop ----------------------------------------------------------------------

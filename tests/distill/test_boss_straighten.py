@@ -42,9 +42,9 @@ def test_straightening_lowers_the_k_step_error(tmp_path, boss_spec):
         trainer = Trainer(straighten_config(tmp_path / "probe", boss_spec, "max_steps=1"))
         states, labels = trainer.dataset.tensors
         ts = trainer.objective.ts
-        before = endpoint_error(trainer.objective.teacher, states, labels, ts)
+        before = endpoint_error(trainer.objective.frozen, states, labels, ts)
         # the student starts from exactly the teacher's weights
-        for p, q in zip(trainer.ema_target().parameters(), trainer.objective.teacher.parameters()):
+        for p, q in zip(trainer.networks()["model"].parameters(), trainer.objective.frozen.parameters()):
             assert torch.equal(p, q)
         result = train(straighten_config(tmp_path / "run", boss_spec, "max_steps=60"))
     assert sum(result.losses[-10:]) < sum(result.losses[:10])
@@ -59,10 +59,11 @@ def test_straightening_needs_a_spec_and_a_flow_teacher(tmp_path, boss_spec):
     with pytest.raises(ValueError, match="objective.spec"):
         Trainer(straighten_config(tmp_path / "a", Path(""), "objective.spec=null"))
     vp_teacher = TEACHER.parent / "mixture_vp"
-    for objective in ("boss_straighten", "reflow"):
-        with pytest.raises(ValueError, match=r"trains a rectified-flow velocity, but model.pretrained=.*mixture_vp "
-                                             r"predicts 'v_prediction'"):
-            Trainer(straighten_config(tmp_path / "b", boss_spec, f"model.pretrained={vp_teacher}",
-                                      f"objective.name={objective}"))
-    with pytest.raises(ValueError, match="vp_diffusion trains a VP model, but .* is a rectified-flow model"):
-        Trainer(straighten_config(tmp_path / "c", boss_spec, "objective.name=vp_diffusion"))
+    with pytest.raises(ValueError, match=r"boss_straighten needs a flow teacher, but model.pretrained is a vp model "
+                                         r"\(prediction_type 'v_prediction'\)"):
+        Trainer(straighten_config(tmp_path / "b", boss_spec, f"model.pretrained={vp_teacher}"))
+    with pytest.raises(ValueError, match="vp_diffusion needs a vp teacher, but model.pretrained is a flow model"):
+        Trainer(tiny_config(tmp_path / "c", "model.type=pretrained", f"model.pretrained={TEACHER}",
+                            "objective.name=vp_diffusion"))
+    with pytest.raises(ValueError, match="boss_straighten learns from a teacher: set model.type=pretrained"):
+        tiny_config(tmp_path / "d", "objective.name=boss_straighten", f"objective.spec={boss_spec}")

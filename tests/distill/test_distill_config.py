@@ -27,7 +27,7 @@ def test_overrides_are_coerced_to_field_types() -> None:
     config = load_config(None, [
         "optim.lr=1e-4",  # YAML 1.1 reads this as a string; the float field coerces it
         "max_steps=12", "model.block_out_channels=32,64", "model.attention=true",
-        "checkpoints_total_limit=null", "data.options={n: 100}", "objective.prediction_type=v_prediction",
+        "checkpoints_total_limit=null", "data.options={n: 100}", "objective.name=vp_diffusion", "objective.prediction_type=v_prediction",
     ])
     assert config.optim.lr == 1e-4 and isinstance(config.optim.lr, float)
     assert config.max_steps == 12 and config.model.block_out_channels == (32, 64)
@@ -53,7 +53,7 @@ def test_unknown_key_in_a_file_is_rejected(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("override, message", [
-    ("objective.name=gan", "flow_matching, vp_diffusion"),
+    ("objective.name=gan", "flow_matching, masked_diffusion, reflow, vp_diffusion"),
     ("max_steps=abc", "max_steps must be an integer"),
     ("model.attention=3", "true or false"),
     ("optim.ema_decay=1.5", "ema_decay"),
@@ -82,12 +82,35 @@ def test_shipped_configs_load(name: str) -> None:
     assert config.objective.name == ("flow_matching" if name.endswith("flow") else "vp_diffusion")
 
 
-def test_config_choices_match_the_registries() -> None:
-    """config.py lists objective names without importing the objectives (kept light); the two must agree."""
-    from fewstep.distill import config
+def test_objective_options_come_from_the_registry() -> None:
+    """Every registered objective's defaults are its Options dataclass; an unused option names the objective."""
+    import dataclasses
+
     from fewstep.distill.objectives import OBJECTIVES
 
-    assert set(config.OBJECTIVES) == set(OBJECTIVES)
+    assert {"flow_matching", "vp_diffusion", "boss_straighten", "reflow", "masked_diffusion"} <= set(OBJECTIVES)
+    for name, objective in OBJECTIVES.items():
+        model = {"masked_diffusion": ["model.type=masked_transformer", "model.vocab_size=5"],
+                 "boss_straighten": ["model.type=pretrained", "model.pretrained=x", "objective.spec=s"],
+                 "reflow": ["model.type=pretrained", "model.pretrained=x"]}.get(name, [])
+        config = load_config(None, [f"objective.name={name}", *model])
+        defaults = dataclasses.asdict(objective.Options())
+        assert {k: v for k, v in config.objective.to_dict().items() if k not in ("name", "spec")} == {
+            k: v for k, v in defaults.items() if k != "spec"}
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["objective.lora_rank=8"], r"objective.lora_rank: not an option of objective 'flow_matching' \(its options: "
+                                r"time_sampling, logit_mean"),
+    (["objective.name=vp_diffusion", "objective.time_sampling=uniform"], "not an option of objective 'vp_diffusion'"),
+    (["objective.spec=nonexistent.safetensors"], "objective.spec: not an option of objective 'flow_matching'"),
+    (["objective.name=masked_diffusion"], "trains model.type=masked_transformer, not model.type=mlp"),
+    (["objective.name=nope"], "objective.name='nope' is not an objective; choose one of: .*flow_matching"),
+    (["objective.time_sampling=sometimes"], "time_sampling='sometimes' is not valid"),
+])
+def test_unused_or_bad_objective_options_are_refused(overrides, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        load_config(None, overrides)
 
 
 # -- bad YAML / JSON are errors naming the file (or override) and the line ----------------

@@ -38,7 +38,7 @@ def test_exported_ema_weights_follow_the_ema_rule_step_by_step(tmp_path: Path, m
 
     def recording_step(self, step, batches):
         logs = real_step(self, step, batches)
-        raw.append({name: p.detach().double().clone() for name, p in self.ema_target().named_parameters()})
+        raw.append({name: p.detach().double().clone() for name, p in self.networks()["model"].named_parameters()})
         return logs
 
     monkeypatch.setattr(Trainer, "train_step", recording_step)

@@ -168,7 +168,7 @@ def test_export_only_writes_the_checkpoint_ema_as_a_pipeline(tmp_path: Path) -> 
     ema_step2 = _weights(tmp_path / "run" / "pipeline")
     assert ema_step2.keys() == ema_final.keys()
     assert max((ema_step2[k] - ema_final[k]).abs().max().item() for k in ema_final) > 1e-4  # step 2's, not the final
-    ckpt = load_file(str(tmp_path / "run/checkpoints/step_000002/ema/ema_weights.safetensors"))
+    ckpt = load_file(str(tmp_path / "run/checkpoints/step_000002/ema/model/ema_weights.safetensors"))
     for k in ckpt:  # the exported model is the reloaded checkpoint's EMA (compared with a tolerance)
         torch.testing.assert_close(ema_step2[k], ckpt[k], rtol=1e-6, atol=1e-7)
 

@@ -82,8 +82,8 @@ def _damage(file: Path, how: str) -> None:
     ("model.safetensors", "truncate"),
     ("model.safetensors", "delete"),
     ("optimizer.bin", "truncate"),
-    ("ema/ema_weights.safetensors", "truncate"),
-    ("ema/ema_state.json", "garbage"),
+    ("ema/model/ema_weights.safetensors", "truncate"),
+    ("ema/model/ema_state.json", "garbage"),
     ("trainer_state.json", "garbage"),
     ("random_states_0.pkl", "truncate"),
 ])

@@ -38,10 +38,10 @@ def test_reflow_pairs_are_noise_and_teacher_sample_and_training_straightens(tmp_
         # the first state is the seeded noise; the last is the teacher's 20-step Euler sample from it
         teacher_path = RectifiedFlowPath()
         with torch.no_grad():
-            again = sample(Denoiser(trainer.objective.teacher, teacher_path, "flow_prediction"), pairs[:8, 0],
+            again = sample(Denoiser(trainer.objective.frozen, teacher_path, "flow_prediction"), pairs[:8, 0],
                            get_schedule("uniform", teacher_path, 20), "ddim", class_labels=labels[:8]).x
         torch.testing.assert_close(again, pairs[:8, 1], rtol=1e-5, atol=1e-5)
-        before = euler_error(trainer.objective.teacher, pairs, labels, 1)
+        before = euler_error(trainer.objective.frozen, pairs, labels, 1)
         result = train(finetune_config(tmp_path / "run", "reflow", "max_steps=80"))
     assert sum(result.losses[-10:]) < sum(result.losses[:10])
     pipe = DiffusionPipeline.from_pretrained(result.pipeline)
@@ -51,7 +51,7 @@ def test_reflow_pairs_are_noise_and_teacher_sample_and_training_straightens(tmp_
 def test_lora_trains_only_adapters_and_exports_a_merged_plain_model(tmp_path):
     with single_thread():
         trainer = Trainer(finetune_config(tmp_path / "probe", "reflow", "max_steps=1", "objective.lora_rank=4"))
-        student, teacher = trainer.ema_target(), trainer.objective.teacher
+        student, teacher = trainer.networks()["model"], trainer.objective.frozen
         trainable = [name for name, p in student.named_parameters() if p.requires_grad]
         assert trainable and all("lora_" in name for name in trainable)
         x, t, labels = torch.randn(16, 2), torch.full((16,), 500.0), torch.arange(16) % 8
@@ -69,7 +69,7 @@ def test_lora_trains_only_adapters_and_exports_a_merged_plain_model(tmp_path):
 def test_merging_lora_keeps_the_function(tmp_path):
     with single_thread():
         trainer = Trainer(finetune_config(tmp_path / "probe", "reflow", "max_steps=1", "objective.lora_rank=2"))
-    student = trainer.ema_target()
+    student = trainer.networks()["model"]
     with torch.no_grad():
         for name, p in student.named_parameters():
             if "lora_B" in name:

@@ -16,19 +16,21 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .trajectory import TeacherTrajectoryObjective, load_flow_spec, spec_path
+from .base import Teacher, check_teacher_kind, register_objective
+from .trajectory import TeacherTrajectoryObjective, TrajectoryOptions, load_flow_spec, spec_path
 
 
+@register_objective("boss_straighten")
 class BossStraighten(TeacherTrajectoryObjective):
     """Velocity regression between consecutive teacher states on a BOSS grid (flow teachers only)."""
 
-    def __init__(self, model: nn.Module, spec: str | None, num_noises: int = 1024, fine_steps: int = 100,
-                 num_train_timesteps: int = 1000, seed: int = 0, lora_rank: int = 0) -> None:
-        if not spec:
+    def __init__(self, model: nn.Module, options: TrajectoryOptions, teacher: Teacher | None) -> None:
+        if not options.spec:
             raise ValueError("boss_straighten needs objective.spec=FILE (from `fewstep boss schedule ... --out FILE`)")
-        super().__init__(model, num_noises, fine_steps, num_train_timesteps, seed, lora_rank)
-        self.spec = load_flow_spec(spec, self.path)
-        self.spec_file = spec_path(spec)
+        check_teacher_kind(self.name, teacher, "flow")  # the velocity between teacher states is a flow's
+        super().__init__(model, options, teacher)
+        self.spec = load_flow_spec(options.spec, self.path)
+        self.spec_file = spec_path(options.spec)
         self.ts = self.spec.ts
 
     def keep_indices(self) -> list[int]:

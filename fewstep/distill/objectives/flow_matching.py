@@ -6,6 +6,7 @@ or logit-normal (sigmoid of N(m, s^2), Esser et al. 2024, SD3).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -13,36 +14,53 @@ from torch import Tensor, nn
 
 from fewstep.samplers import RectifiedFlowPath
 
-from .base import DenoisingObjective
+from .base import DenoisingObjective, Teacher, check_teacher_kind, register_objective
+
+TIME_SAMPLINGS = ("uniform", "logit_normal")
 
 
+@dataclass
+class FlowMatchingOptions:
+    """Options of `objective.name=flow_matching`."""
+
+    time_sampling: str = "uniform"  # uniform | logit_normal (SD3, Esser et al. 2024)
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    cfg_dropout: float = 0.1  # probability of replacing the label by the null class
+    num_train_timesteps: int = 1000
+    prediction_type: str = "flow_prediction"  # the only one a flow trains; stated for readable configs
+
+    def __post_init__(self) -> None:
+        if self.time_sampling not in TIME_SAMPLINGS:
+            raise ValueError(f"objective.time_sampling={self.time_sampling!r} is not valid; choose one of: {', '.join(TIME_SAMPLINGS)}")
+        if self.prediction_type != "flow_prediction":
+            raise ValueError(f"flow_matching trains prediction_type 'flow_prediction', not {self.prediction_type!r}")
+        if not 0 <= self.cfg_dropout < 1:
+            raise ValueError(f"objective.cfg_dropout must lie in [0, 1), got {self.cfg_dropout}")
+        if self.logit_std <= 0:
+            raise ValueError(f"objective.logit_std must be > 0, got {self.logit_std}")
+
+
+@register_objective("flow_matching")
 class FlowMatching(DenoisingObjective):
     """Conditional flow matching loss E ||v_theta(x_t, t, c) - (eps - x0)||^2."""
 
-    def __init__(
-        self,
-        model: nn.Module,
-        cfg_dropout: float = 0.1,
-        time_sampling: str = "uniform",
-        logit_mean: float = 0.0,
-        logit_std: float = 1.0,
-        num_train_timesteps: int = 1000,
-        prediction_type: str | None = None,
-    ) -> None:
-        super().__init__(model, cfg_dropout)
-        if prediction_type not in (None, "flow_prediction"):
-            raise ValueError(f"flow_matching trains prediction_type 'flow_prediction', not {prediction_type!r}")
-        if time_sampling not in ("uniform", "logit_normal"):
-            raise ValueError(f"time_sampling {time_sampling!r} is not valid; choose 'uniform' or 'logit_normal'")
-        self.path = RectifiedFlowPath(num_train_timesteps)
+    Options = FlowMatchingOptions
+
+    def __init__(self, model: nn.Module, options: FlowMatchingOptions | None = None, teacher: Teacher | None = None) -> None:
+        options = options or FlowMatchingOptions()
+        super().__init__(model, options.cfg_dropout, teacher)
+        check_teacher_kind(self.name, teacher, "flow")
+        self.path = teacher.path if teacher is not None else RectifiedFlowPath(options.num_train_timesteps)
         self.prediction_type = "flow_prediction"
-        self.time_sampling, self.logit_mean, self.logit_std = time_sampling, logit_mean, logit_std
+        self.options = options
 
     def sample_times(self, batch_size: int, generator: torch.Generator, device: torch.device) -> tuple[Tensor, Tensor]:
-        if self.time_sampling == "uniform":
+        if self.options.time_sampling == "uniform":
             t = torch.rand(batch_size, generator=generator, device=device)
         else:
-            t = torch.sigmoid(self.logit_mean + self.logit_std * torch.randn(batch_size, generator=generator, device=device))
+            z = torch.randn(batch_size, generator=generator, device=device)
+            t = torch.sigmoid(self.options.logit_mean + self.options.logit_std * z)
         t = t.double().cpu()
         return t, self.path.model_time(t).to(device=device, dtype=torch.float32)
 

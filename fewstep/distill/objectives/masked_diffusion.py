@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -24,7 +25,7 @@ from torch.utils.data import Dataset
 
 from fewstep.samplers.discrete import LogLinearMaskPath, ModelDenoiser, all_masked, sample, uniform_grid
 
-from .base import Objective
+from .base import Objective, Teacher, register_objective
 
 
 def masked_nelbo_terms(model: nn.Module, x0: Tensor, path: LogLinearMaskPath, generator: torch.Generator,
@@ -48,12 +49,28 @@ def masked_nelbo_terms(model: nn.Module, x0: Tensor, path: LogLinearMaskPath, ge
 DATA_INFO = "data.json"
 
 
+@dataclass
+class MaskedDiffusionOptions:
+    """Options of `objective.name=masked_diffusion`."""
+
+    mask_eps: float = 1e-3  # log-linear path: mask probability (1 - eps) t
+
+    def __post_init__(self) -> None:
+        if not 0 < self.mask_eps < 1:
+            raise ValueError(f"objective.mask_eps must lie in (0, 1), got {self.mask_eps}")
+
+
+@register_objective("masked_diffusion")
 class MaskedDiffusion(Objective):
     """Teacher training for `MaskedDiffusionTransformer` on token sequences [B, L]."""
 
-    def __init__(self, model: nn.Module, eps: float = 1e-3) -> None:
-        super().__init__({"model": model})
-        self.path = LogLinearMaskPath(eps)
+    Options = MaskedDiffusionOptions
+    teacher_use = "none"
+    model_types = ("masked_transformer",)
+
+    def __init__(self, model: nn.Module, options: MaskedDiffusionOptions | None = None, teacher: Teacher | None = None) -> None:
+        super().__init__({"model": model}, teacher)
+        self.path = LogLinearMaskPath((options or MaskedDiffusionOptions()).mask_eps)
         # set by check_data from the training dataset, when it provides them
         self.decode: Callable[[Tensor], str] | None = None
         self.held_out: Tensor | None = None
@@ -65,16 +82,13 @@ class MaskedDiffusion(Objective):
         return {"loss": nelbo.mean(), "masked_ce": ce.mean().detach()}
 
     @torch.no_grad()
-    def sample(self, network: nn.Module, class_labels: Tensor, generator: torch.Generator, num_steps: int,
+    def sample(self, networks: dict[str, nn.Module], class_labels: Tensor, generator: torch.Generator, num_steps: int,
                guidance_scale: float = 1.0) -> Tensor:
         """Unconditional sequences [B, seq_len] (B = len(class_labels); labels are unused) with `num_steps` Euler steps."""
+        network = networks["model"]
         denoiser = ModelDenoiser(network)
         x = all_masked(class_labels.shape[0], int(network.config.seq_len), denoiser.vocab_size, class_labels.device)
         return sample(denoiser, x, uniform_grid(num_steps), self.path, "euler", generator=generator).x
-
-    def scheduler(self) -> Any:
-        """Masked diffusion has no diffusers scheduler; sampling uses `fewstep.samplers.discrete`."""
-        return None
 
     def check_data(self, dataset: Dataset, num_classes: int) -> None:
         """Items must be token-id sequences [L] (L <= model seq_len) over the model's vocabulary."""
@@ -93,8 +107,8 @@ class MaskedDiffusion(Objective):
         self.data_info = {"dataset": type(dataset).__name__, "corpus": getattr(dataset, "corpus", None),
                           "seq_len": int(x.shape[0]), "vocab_size": config.vocab_size}
 
-    def write_preview(self, sample_fn: Callable[[Tensor], Tensor], network: nn.Module, stem: Path, num_classes: int,
-                      per_class: int) -> Path:
+    def write_preview(self, sample_fn: Callable[[Tensor], Tensor], networks: dict[str, nn.Module], stem: Path,
+                      num_classes: int, per_class: int) -> Path:
         """`stem`.txt: `per_class` sampled sequences, decoded when the dataset can decode them, one per line."""
         from fewstep.io import write_atomic
 
@@ -103,11 +117,13 @@ class MaskedDiffusion(Objective):
         text = "".join(repr(decode(row)) + "\n" for row in samples)
         return write_atomic(stem.with_suffix(".txt"), lambda tmp: Path(tmp).write_text(text))
 
-    def export(self, network: nn.Module, folder: Path) -> None:
+    def export(self, networks: dict[str, nn.Module], folder: Path) -> None:
         """The model folder (`save_pretrained`; loads with `MaskedDiffusionTransformer.from_pretrained`) + data.json
-        (corpus id, model id, held-out NELBO per token with its 95% half-width)."""
+        (corpus id, model id, held-out NELBO per token with its 95% half-width). Masked diffusion has no
+        diffusers scheduler: sampling uses `fewstep.samplers.discrete`."""
         from fewstep.distill.masked_transformer import model_fingerprint
 
+        network = networks["model"]
         network.save_pretrained(str(folder))
         info = {**self.data_info, "model_id": model_fingerprint(network), "mask_eps": self.path.eps}
         if self.held_out is not None:

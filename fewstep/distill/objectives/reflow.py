@@ -1,11 +1,14 @@
-"""Reflow (Liu et al., ICLR 2023, "Flow straight and fast", arXiv 2209.03003): rectify a flow on its own couplings.
+"""Reflow (Liu et al., ICLR 2023, "Flow straight and fast", arXiv 2209.03003): a flow on a teacher's coupling.
 
-The teacher (frozen pretrained EMA weights) maps `num_noises` seeded noises eps to samples z
-on a fine Euler grid; the student, started from the same weights, is trained by flow matching
-on the straight lines between each pair: x_t = (1 - t) z + t eps, t ~ U(0, 1), target
-velocity eps - z (t = 0 data, t = 1 noise). Unlike BOSS straightening it is not tied to a step
-grid: one reflowed model serves every step count. `objective.spec` (optional) only chooses the
-grid of the sample previews and of the exported scheduler.
+The teacher (frozen pretrained EMA weights, on its own path: a flow or a VP / DDPM model) maps
+`num_noises` seeded noises eps to samples z by its probability-flow ODE on a fine grid; the
+student, a rectified flow started from the same weights, is trained by flow matching on that
+coupling: x_t = alpha(t) z + sigma(t) eps on the flow path (alpha = 1 - t, sigma = t),
+t ~ U(T_MIN, 1), target `from_x0_eps(z, eps, alpha, sigma, "flow_prediction")` = eps - z
+(t = 0 data, t = 1 noise). With a flow teacher this is 2-rectified flow; with a VP teacher it
+turns the teacher's ODE pairs into a flow student. Unlike BOSS straightening it is not tied
+to a step grid; `objective.spec` (optional) only chooses the grid of the sample previews and
+of the exported scheduler.
 """
 
 from __future__ import annotations
@@ -15,25 +18,28 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .trajectory import TeacherTrajectoryObjective, load_flow_spec, spec_path
+from fewstep.samplers import from_x0_eps, get_schedule
+
+from .base import Teacher, register_objective
+from .trajectory import TeacherTrajectoryObjective, TrajectoryOptions, load_flow_spec, spec_path
 
 #: training times are drawn from [T_MIN, 1] (the flow is defined up to t = 1; t = 0 is the data itself).
 T_MIN = 1e-3
+#: Euler steps of the previews when no spec is given.
+PREVIEW_STEPS = 4
 
 
+@register_objective("reflow")
 class Reflow(TeacherTrajectoryObjective):
-    """Flow matching on (noise, teacher sample) pairs: 2-rectified flow."""
+    """Flow matching on (noise, teacher sample) pairs: 2-rectified flow, or a flow student of a VP teacher."""
 
-    def __init__(self, model: nn.Module, spec: str | None = None, num_noises: int = 1024, fine_steps: int = 100,
-                 num_train_timesteps: int = 1000, seed: int = 0, lora_rank: int = 0, preview_steps: int = 4) -> None:
-        super().__init__(model, num_noises, fine_steps, num_train_timesteps, seed, lora_rank)
-        if spec:
-            self.ts = load_flow_spec(spec, self.path).ts
-            self.spec_file = spec_path(spec)
+    def __init__(self, model: nn.Module, options: TrajectoryOptions, teacher: Teacher | None) -> None:
+        super().__init__(model, options, teacher)
+        if options.spec:
+            self.ts = load_flow_spec(options.spec, self.path).ts
+            self.spec_file = spec_path(options.spec)
         else:
-            from fewstep.samplers import get_schedule
-
-            self.ts = get_schedule("uniform", self.path, preview_steps)
+            self.ts = get_schedule("uniform", self.path, PREVIEW_STEPS)
 
     def keep_indices(self) -> list[int]:
         """The noise (first) and the teacher's sample (last)."""
@@ -43,6 +49,7 @@ class Reflow(TeacherTrajectoryObjective):
         pairs, labels = batch  # [B, 2, ...] (noise, sample), [B]
         noise, data = pairs[:, 0], pairs[:, 1]
         t = T_MIN + (1 - T_MIN) * torch.rand(noise.shape[0], generator=generator, device=noise.device, dtype=torch.float64)
-        t_b = t.to(noise.dtype).reshape(-1, *[1] * (noise.ndim - 1))
-        x_t = (1 - t_b) * data + t_b * noise
-        return {"loss": self.velocity_loss(x_t, t, noise - data, labels)}
+        alpha, sigma = (v.to(noise.dtype).reshape(-1, *[1] * (noise.ndim - 1)) for v in self.path.alpha_sigma(t.cpu()))
+        alpha, sigma = alpha.to(noise.device), sigma.to(noise.device)
+        x_t = alpha * data + sigma * noise
+        return {"loss": self.velocity_loss(x_t, t, from_x0_eps(data, noise, alpha, sigma, "flow_prediction"), labels)}

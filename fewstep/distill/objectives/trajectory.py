@@ -1,16 +1,18 @@
-"""Objectives that fine-tune a pretrained flow model on its own ODE trajectories (BOSS straightening, reflow).
+"""Objectives that train a student on a pretrained teacher's ODE trajectories (BOSS straightening, reflow).
 
-The teacher is the pretrained (EMA) network, frozen; it is integrated with Euler on a fine
-uniform grid from `num_noises` seeded noises, and the subclass keeps the states it needs
-(`keep_indices`). The student starts from the *same* weights — fully trainable, or frozen with
-LoRA adapters (`peft`, Hu et al. 2021) on its linear and convolution layers when `lora_rank > 0`;
-adapters are merged into the weights when the pipeline is exported.
+The teacher arrives whole (network, noise path, prediction type, scheduler config); a frozen
+copy of its (EMA) network is integrated with DDIM / Euler on a fine uniform grid of *its own*
+path from `num_noises` seeded noises, and the subclass keeps the states it needs
+(`keep_indices`). The student is a rectified flow that starts from the *same* weights — fully
+trainable, or frozen with LoRA adapters (`peft`, Hu et al. 2021) on its linear and
+convolution layers when `lora_rank > 0`; adapters are merged into the weights on export.
 """
 
 from __future__ import annotations
 
 import copy
 from abc import abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +21,11 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset, TensorDataset
 
 from fewstep.pipelines.class_conditional import null_class, sample_shape
-from fewstep.samplers import Denoiser, RectifiedFlowPath, get_schedule, sample
+from fewstep.samplers import Denoiser, RectifiedFlowPath, get_schedule
 from fewstep.samplers.boss import teacher_trajectories
 from fewstep.samplers.spec import SamplerSpec
 
-from .base import Objective
+from .base import Objective, Teacher, sample_class_conditional
 
 #: teacher trajectories integrated per batch while building the dataset.
 TRAJECTORY_BATCH = 256
@@ -64,22 +66,48 @@ def has_lora(model: nn.Module) -> bool:
     return any("lora_" in name for name, _ in model.named_parameters())
 
 
+@dataclass
+class TrajectoryOptions:
+    """Options shared by the objectives that learn from teacher trajectories (`boss_straighten`, `reflow`)."""
+
+    spec: str | None = None  # a sampler spec (fewstep boss schedule --out): the grid to straighten / preview
+    num_noises: int = 1024  # teacher trajectories stored
+    fine_steps: int = 100  # the teacher's fine uniform grid (a BOSS spec must lie on it)
+    lora_rank: int = 0  # > 0 trains LoRA adapters (peft) instead of every weight
+    seed: int = 0  # the teacher's noises
+
+    def __post_init__(self) -> None:
+        if self.num_noises < 1 or self.fine_steps < 2:
+            raise ValueError(f"need objective.num_noises >= 1 and objective.fine_steps >= 2, got {self.num_noises} "
+                             f"and {self.fine_steps}")
+        if self.lora_rank < 0:
+            raise ValueError(f"objective.lora_rank must be >= 0 (0 trains every weight), got {self.lora_rank}")
+
+
 class TeacherTrajectoryObjective(Objective):
     """Base: frozen teacher copy, teacher states on a fine grid as the dataset, Euler previews on `self.ts`."""
 
-    def __init__(self, model: nn.Module, num_noises: int = 1024, fine_steps: int = 100,
-                 num_train_timesteps: int = 1000, seed: int = 0, lora_rank: int = 0) -> None:
-        super().__init__({"model": model})
-        if num_noises < 1 or fine_steps < 2:
-            raise ValueError(f"need num_noises >= 1 and fine_steps >= 2, got {num_noises} and {fine_steps}")
-        self.path = RectifiedFlowPath(num_train_timesteps)
-        self.teacher = copy.deepcopy(model).eval().requires_grad_(False)  # the same (EMA) weights as the student
-        if lora_rank > 0:
-            add_lora(model, lora_rank)
-        self.num_noises, self.fine_steps, self.seed = num_noises, fine_steps, seed
-        self.fine_ts = get_schedule("uniform", self.path, fine_steps)
+    Options = TrajectoryOptions
+    teacher_use = "required"
+
+    def __init__(self, model: nn.Module, options: TrajectoryOptions, teacher: Teacher | None) -> None:
+        if teacher is None:
+            raise ValueError(f"objective.name={self.name} learns from a teacher's trajectories: set "
+                             "model.type=pretrained and model.pretrained=PIPELINE_FOLDER (e.g. assets/teachers/mnist_flow)")
+        super().__init__({"model": model}, teacher)
+        self.options = options
+        self.path = RectifiedFlowPath(getattr(teacher.path, "num_train_timesteps", 1000))  # the student's path
+        self.frozen = teacher.network.eval().requires_grad_(False)  # the teacher's (EMA) weights; model is a copy
+        if options.lora_rank > 0:
+            add_lora(model, options.lora_rank)
+        self.num_noises, self.fine_steps, self.seed = options.num_noises, options.fine_steps, options.seed
+        self.fine_ts = get_schedule("uniform", teacher.path, self.fine_steps)
         self.ts = self.fine_ts  # the grid previews and the exported scheduler use; subclasses narrow it
         self.spec_file: str | None = None
+
+    def teacher_denoiser(self) -> Denoiser:
+        """The frozen teacher as x0-predictor on its own path, with its own prediction type."""
+        return Denoiser(self.frozen, self.teacher.path, self.teacher.prediction_type)
 
     @abstractmethod
     def keep_indices(self) -> list[int]:
@@ -89,13 +117,13 @@ class TeacherTrajectoryObjective(Objective):
     def make_dataset(self) -> Dataset:
         """(teacher states at `keep_indices()` [N, k, ...], class labels [N]) for `num_noises` seeded noises."""
         keep = self.keep_indices()
-        denoiser = Denoiser(self.teacher, self.path, "flow_prediction")
+        denoiser = self.teacher_denoiser()
         generator = torch.Generator().manual_seed(self.seed)
-        num_classes = null_class(self.teacher)
+        num_classes = null_class(self.frozen)
         states, labels = [], []
         for start in range(0, self.num_noises, TRAJECTORY_BATCH):
             count = min(TRAJECTORY_BATCH, self.num_noises - start)
-            noise = torch.randn((count, *sample_shape(self.teacher)), generator=generator)
+            noise = torch.randn((count, *sample_shape(self.frozen)), generator=generator)
             batch_labels = torch.arange(start, start + count) % num_classes
             xs, _ = teacher_trajectories(denoiser, noise, self.fine_ts, class_labels=batch_labels)
             states.append(xs[keep].transpose(0, 1).float())
@@ -112,11 +140,11 @@ class TeacherTrajectoryObjective(Objective):
         return torch.mean((velocity.float() - target.float()) ** 2)
 
     @torch.no_grad()
-    def sample(self, network: nn.Module, class_labels: Tensor, generator: torch.Generator, num_steps: int,
+    def sample(self, networks: dict[str, nn.Module], class_labels: Tensor, generator: torch.Generator, num_steps: int,
                guidance_scale: float = 1.0) -> Tensor:
-        """Euler on `self.ts` (the grid the network is being specialised to)."""
-        x = torch.randn((class_labels.shape[0], *sample_shape(network)), generator=generator, device=class_labels.device)
-        return sample(Denoiser(network, self.path, "flow_prediction"), x, self.ts, "ddim", class_labels=class_labels).x
+        """Euler on `self.ts` (the grid the student is being specialised to)."""
+        return sample_class_conditional(networks["model"], self.path, "flow_prediction", class_labels, generator,
+                                        self.ts, "ddim")
 
     def exportable(self, network: nn.Module) -> nn.Module:
         """The network to save: LoRA adapters merged into plain weights."""

@@ -74,12 +74,12 @@ def test_trainer_loop_trains_the_masked_model_and_exports_it(tmp_path):
     assert info["held_out_nelbo_per_token"]["mean"] == pytest.approx(after, abs=0.1)
     preview = (tmp_path / "run" / "samples" / "step_000200.txt").read_text().splitlines()
     assert len(preview) == 3 and all(len(line.strip("'").split()) == 8 for line in preview)
-    x = MaskedDiffusion(model).sample(model, torch.zeros(6, dtype=torch.long), torch.Generator().manual_seed(0), num_steps=4)
+    x = MaskedDiffusion(model).sample({"model": model}, torch.zeros(6, dtype=torch.long), torch.Generator().manual_seed(0), num_steps=4)
     assert x.shape == (6, 8) and int(x.max()) < 5
 
 
 def test_masked_config_mismatches_are_named(tmp_path):
-    with pytest.raises(ValueError, match="go together"):
+    with pytest.raises(ValueError, match="model.type=masked_transformer goes with objective.name=masked_diffusion"):
         chain_config(tmp_path, "objective.name=flow_matching")
     with pytest.raises(ValueError, match="model.vocab_size=5"):
         Trainer(chain_config(tmp_path / "v", "model.vocab_size=7"))
