@@ -29,6 +29,7 @@ from ..samplers.paths import DiscreteVPPath, NoisePath, RectifiedFlowPath
 from ..samplers.schedules import SCHEDULES, apply_time_shift, available_schedules, get_schedule, validate_grid
 from ..samplers.solvers import available_solvers, get_solver
 from ..samplers.spec import SamplerSpec
+from ..samplers.update import MultistepState, StepUpdate
 
 _FLOW_CLASS_PREFIXES = ("FlowMatch",)
 _DPM_CLASSES = ("DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler")
@@ -38,18 +39,16 @@ _SPEC_FILE = "sampler_spec.safetensors"
 
 @dataclass
 class _StepTable:
-    """Python-float coefficients of one step (precomputed in `set_timesteps`)."""
+    """One step, precomputed in `set_timesteps`: where the model output is read, and the update in Python floats."""
 
     alpha: float  # at the model's evaluation time (reads the model output as x0)
     sigma: float
-    x_coef: float
-    m_coefs: list[float]
-    noise_coef: float | None
+    update: StepUpdate
 
 
 def scheduler_solvers() -> list[str]:
     """Solvers usable in FewStepScheduler (one model evaluation per step)."""
-    return [name for name in available_solvers() if get_solver(name).kind == "multistep"]
+    return available_solvers(kind="multistep")
 
 
 class FewStepScheduler(SchedulerMixin, ConfigMixin):
@@ -172,7 +171,7 @@ class FewStepScheduler(SchedulerMixin, ConfigMixin):
         self._table: list[_StepTable] = []
         self._table_start = 0
         self._grid: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor] | None = None
-        self._history: list[torch.Tensor] = []
+        self._state = MultistepState(self.solver.order)
         self._step_index: int | None = None
         self._begin_index: int | None = None
 
@@ -381,7 +380,7 @@ class FewStepScheduler(SchedulerMixin, ConfigMixin):
         self.sigmas = (ts if self.path.kind == "flow" else sigmas / alphas).to(torch.float32)
         self._grid = (ts, coeffs, eval_ts)
         self._build_table(start=0)
-        self._history = []
+        self._state.reset()
         self._step_index = None
         self._begin_index = None
 
@@ -394,9 +393,7 @@ class FewStepScheduler(SchedulerMixin, ConfigMixin):
             _StepTable(
                 alpha=float(eval_alphas[i]),
                 sigma=float(eval_sigmas[i]),
-                x_coef=float(plan.x_coef),
-                m_coefs=[float(c) for c in plan.d_coef * (plan.weights if coeffs is None else coeffs[i, : plan.order])],
-                noise_coef=None if plan.noise_coef is None else float(plan.noise_coef),
+                update=plan.update(None if coeffs is None else coeffs[i]).to_floats(),
             )
             for i, plan in enumerate(plans)
         ]
@@ -439,14 +436,7 @@ class FewStepScheduler(SchedulerMixin, ConfigMixin):
         work = torch.promote_types(sample.dtype, torch.float32)
         x = sample.to(work)
         x0 = to_x0(model_output.to(work), x, row.alpha, row.sigma, self.config.prediction_type)
-        x0 = self.solver.process_x0(x0)
-        self._history = [x0] + self._history[: self.solver.order - 1]
-        prev = x * row.x_coef
-        for coef, m in zip(row.m_coefs, self._history):
-            prev = prev.add(m, alpha=coef)
-        if row.noise_coef is not None:
-            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=work)
-            prev = prev.add(noise, alpha=row.noise_coef)
+        prev = self._state.step(row.update, x, self.solver.process_x0(x0), generator)
         self._step_index = i + 1
         prev = prev.to(model_output.dtype)
         return SchedulerOutput(prev_sample=prev) if return_dict else (prev,)

@@ -8,8 +8,9 @@
 
 Costs are built from batch-mean Gram matrices of (x_i, m_i), so any number of noises streams
 through in O(n^2) memory. Besides the paper's Euler cost, a DPM-Solver++(2M) cost is exact:
-a 2M step i -> j with history h adds c * (m_i - m_h) to the first-order jump, so its cost is
-E[i,j] + 2 c G[h,i,j] + c^2 H[h,i], and the DP runs over (previous, current) node pairs.
+a 2M step i -> j with history h adds c * (m_i - m_h) to the first-order jump (c from the
+solver's own weights), so its cost is E[i,j] + 2 c G[h,i,j] + c^2 H[h,i], and the DP runs over
+(previous, current) node pairs.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from .schedules import validate_grid
 from .solvers import get_solver, history_lams
 
 _F64 = torch.float64
+#: BOSS step rules (`boss_schedule(step_rule=...)`) and the solver each one optimises the grid for.
+STEP_RULES = {"euler": "ddim", "dpmpp_2m": "dpmpp_2m"}
 
 
 @dataclass
@@ -110,8 +113,9 @@ def dpmpp_2m_costs(path: NoisePath, grams: TrajectoryGrams) -> tuple[Tensor, Ten
     h_step = lam[None, :] - lam[:, None]  # [i, j]
     lam_hist = history_lams(lam, path)  # the solver's placement of a history point at alpha = 0
     h_prev = lam[None, :] - lam_hist[:, None]  # [h, i]
-    r = h_prev[:, :, None] / h_step[None, :, :]
-    c = b[None] / (2 * r)
+    # 2M combines b (w0 m_i + w1 m_h) = b m_i + c (m_i - m_h) with c = -b w1 (w0 + w1 = 1)
+    weights = get_solver(STEP_RULES["dpmpp_2m"]).multistep_weights(2, h_step[None], h_prev[:, :, None])
+    c = -b[None] * weights[1]
     c2 = euler[None] + 2 * c * term + c**2 * delta_sq[:, :, None]
     # steps that the solver takes at first order: into sigma = 0
     first_order = ~torch.isfinite(lam)[None, None, :].expand(n1, n1, n1)
@@ -207,8 +211,8 @@ def boss_schedule(
 
     `noise_batches` yields noise tensors [B, ...] or (noise, conditioning kwargs) pairs.
     """
-    if step_rule not in ("euler", "dpmpp_2m"):
-        raise ValueError(f"step_rule must be 'euler' or 'dpmpp_2m', got {step_rule!r}")
+    if step_rule not in STEP_RULES:
+        raise ValueError(f"step_rule must be one of {list(STEP_RULES)}, got {step_rule!r}")
     fine_ts = validate_grid(fine_ts)
     if step_rule == "dpmpp_2m" and float(fine_ts[-1]) != 0.0:
         raise ValueError("the 2M cost assumes the last step lands on t = 0 (final='zero'); end the fine grid at 0")

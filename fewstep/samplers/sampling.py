@@ -14,7 +14,8 @@ from torch import Tensor
 
 from .denoiser import DenoiserLike
 from .schedules import validate_grid
-from .solvers import Solver, StepPlan, combine, get_solver
+from .solvers import Solver, get_solver
+from .update import MultistepState, apply_update, combine
 
 
 class SampleOutput(NamedTuple):
@@ -34,16 +35,6 @@ class StepInfo:
     x: Tensor
     x0_hat: Tensor
     nfe: int
-
-
-def _weights_for(plan: StepPlan, coeffs: Tensor | list[Tensor] | None, i: int) -> Tensor:
-    """The analytic weights, or the learned ones for step i (first `plan.order` entries)."""
-    if coeffs is None:
-        return plan.weights
-    learned = coeffs[i]
-    if learned.numel() < plan.order:
-        raise ValueError(f"coeffs[{i}] has {learned.numel()} weights, step {i} needs {plan.order}")
-    return learned[: plan.order]
 
 
 def sample(
@@ -82,7 +73,7 @@ def sample(
         nfe += 1
         return solver.process_x0(denoiser(x_in, t, **cond).to(x_in.dtype))
 
-    history: list[Tensor] = []
+    state = MultistepState(solver.order)
     steps = range(len(plans))
     if progress:
         from tqdm.auto import tqdm
@@ -91,18 +82,14 @@ def sample(
     for i in steps:
         plan = plans[i]
         x0_hat = denoise(x, plan.t if eval_ts is None else eval_ts[i])
-        history = [x0_hat] + history[: solver.order - 1]
+        update = plan.update(None if coeffs is None else coeffs[i])
         if plan.stages:  # singlestep solvers evaluate their intermediate points
             ms = [x0_hat]
             for stage in plan.stages:
                 ms.append(denoise(combine(stage.x_coef, x, stage.m_coefs, ms), stage.t))
+            x = apply_update(update, x, ms, generator)
         else:
-            ms = history
-        weights = _weights_for(plan, coeffs, i)
-        x = combine(plan.x_coef, x, plan.d_coef * weights, ms[: plan.order])
-        if plan.noise_coef is not None:
-            z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            x = x + plan.noise_coef.to(x.dtype) * z
+            x = state.step(update, x, x0_hat, generator)
         if callback is not None:
             callback(StepInfo(i, float(plan.t), float(plan.t_next), x, x0_hat, nfe))
     return SampleOutput(x.to(out_dtype), nfe)

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from .denoiser import dynamic_threshold
 from .paths import NoisePath
+from .update import StepUpdate
 
 
 @dataclass
@@ -55,6 +56,18 @@ class StepPlan:
     def nfe(self) -> int:
         """Model evaluations this step makes (1 + its stages)."""
         return 1 + len(self.stages)
+
+    def update(self, learned: Tensor | None = None) -> StepUpdate:
+        """The step's update (x_coef, d_coef * weights, noise_coef); `learned` [>= order] replaces the weights."""
+        weights = self.weights
+        if learned is not None:
+            if learned.numel() < self.order:
+                raise ValueError(
+                    f"learned weights for the step t = {float(self.t):.4g} -> {float(self.t_next):.4g} have "
+                    f"{learned.numel()} entries; a step of order {self.order} needs {self.order}"
+                )
+            weights = learned[: self.order]
+        return StepUpdate(self.x_coef, self.d_coef * weights, self.noise_coef)
 
 
 def _phi1(h: Tensor) -> Tensor:
@@ -153,6 +166,15 @@ class Solver:
             c1 = 0.5 * torch.ones_like(h)
         return c1, self.d2_scale * c2
 
+    def multistep_weights(self, order: int, h: Tensor, h0: Tensor | None = None, h1: Tensor | None = None) -> Tensor:
+        """Analytic weights [order, ...] on (m_i, m_{i-1}, m_{i-2}) of a multistep step of log-SNR length h.
+
+        h0 = lam_i - lam_{i-1} and h1 = lam_{i-1} - lam_{i-2} are the previous steps (history
+        placement as in `history_lams`); tensors broadcast, so whole tables of steps (BOSS's
+        costs) get the solver's own weights.
+        """
+        return _multistep_weights(order, h, h0, h1, *self._difference_weights(order, h))
+
     # ------------------------------------------------------------------ planning
 
     def step_orders(self, lams: Tensor, start: int = 0) -> list[int]:
@@ -206,7 +228,7 @@ class Solver:
         h = lams[i + 1] - lams[i]
         h0 = lams[i] - lams_history[i - 1] if order >= 2 else None
         h1 = lams_history[i - 1] - lams_history[i - 2] if order >= 3 else None
-        weights = _multistep_weights(order, h, h0, h1, *self._difference_weights(order, h))
+        weights = self.multistep_weights(order, h, h0, h1)
         ratio = sigmas[i + 1] / sigmas[i]
         if self.stochastic:  # SDE-DPM-Solver++: x' = (s'/s) e^{-h} x + a'(1 - e^{-2h}) D + s' sqrt(1 - e^{-2h}) z
             noise_var = -torch.expm1(-2 * h)
@@ -286,9 +308,18 @@ _SOLVER_SPECS: dict[str, dict] = {
 _ALIASES = {"euler": "ddim", "dpmpp_1": "ddim", "dpmpp_2m_sde": "sde_dpmpp_2m"}
 
 
-def available_solvers() -> list[str]:
-    """Solver names accepted by `get_solver` (aliases: euler, dpmpp_1 -> ddim)."""
-    return list(_SOLVER_SPECS)
+def available_solvers(kind: str | None = None, stochastic: bool | None = None) -> list[str]:
+    """Solver names accepted by `get_solver` (aliases: euler, dpmpp_1 -> ddim), in registry order.
+
+    `kind` ("multistep": one model call per step, "singlestep") and `stochastic` (SDE solvers
+    or ODE solvers) keep only the solvers of that kind, e.g. for a command's choices.
+    """
+    if kind not in (None, "multistep", "singlestep"):
+        raise ValueError(f"kind must be 'multistep' or 'singlestep', got {kind!r}")
+    return [
+        name for name, spec in _SOLVER_SPECS.items()
+        if kind in (None, spec["kind"]) and stochastic in (None, spec.get("stochastic", False))
+    ]
 
 
 def get_solver(name: str, **options) -> Solver:
@@ -298,14 +329,6 @@ def get_solver(name: str, **options) -> Solver:
         valid = available_solvers() + sorted(_ALIASES)
         raise ValueError(f"unknown solver {name!r}; valid: {valid}")
     return Solver(name=key, **_SOLVER_SPECS[key], **options)
-
-
-def combine(x_coef: Tensor, x: Tensor, m_coefs: Tensor, ms: list[Tensor]) -> Tensor:
-    """x_coef * x + sum_j m_coefs[j] * ms[j], in x's dtype."""
-    out = x * x_coef.to(x.dtype)
-    for coef, m in zip(m_coefs.to(x.dtype), ms):
-        out = out + coef * m
-    return out
 
 
 StepCallback = Callable[..., None]

@@ -5,7 +5,9 @@ import itertools
 import pytest
 import torch
 
-from fewstep.samplers import GaussianMixture, RectifiedFlowPath, DiscreteVPPath, get_schedule, get_solver, sample
+from fewstep.samplers import (
+    DiscreteVPPath, GaussianMixture, RectifiedFlowPath, apply_update, get_schedule, get_solver, sample,
+)
 from fewstep.samplers.boss import (
     TrajectoryGrams, bellman_path, bellman_path_2m, boss_schedule, dpmpp_2m_costs, euler_costs, teacher_trajectories,
 )
@@ -112,6 +114,20 @@ def test_gram_costs_equal_direct_computation():
         b = -alpha[j] * torch.expm1(-(lam[j] - lam[i]))
         d = (1 + 1 / (2 * r)) * ms[i] - 1 / (2 * r) * ms[h]
         jump = sigma[j] / sigma[i] * xs[i] + b * d
+        assert float(c2[h, i, j]) == pytest.approx(float((jump - xs[j]).pow(2).sum(-1).mean()), rel=1e-8, abs=1e-12)
+
+
+@pytest.mark.parametrize("path", [DiscreteVPPath.from_betas("linear"), FLOW], ids=["vp", "flow"])
+def test_2m_costs_are_the_solvers_own_step(path):
+    """c2[h, i, j] is the error of DPM-Solver++(2M)'s own update i -> j with history h (sample()'s arithmetic)."""
+    fine_ts = get_schedule("uniform", path, 8)
+    xs, ms, grams = fine_grams(GaussianMixture.random(2, 3, seed=1), path, fine_ts)
+    _, c2 = dpmpp_2m_costs(path, grams)
+    solver = get_solver("dpmpp_2m", lower_order_final=False)
+    for h, i, j in [(0, 2, 5), (1, 3, 4), (2, 4, 7), (0, 1, 2)]:
+        plan = solver.plan(fine_ts[[h, i, j]], path)[1]  # the second step: history h, order 2
+        assert plan.order == 2
+        jump = apply_update(plan.update(), xs[i], [ms[i], ms[h]])
         assert float(c2[h, i, j]) == pytest.approx(float((jump - xs[j]).pow(2).sum(-1).mean()), rel=1e-8, abs=1e-12)
 
 
