@@ -119,3 +119,20 @@ def test_fewstep_warnings_are_one_line(monkeypatch, capsys):
     assert main(["solvers"]) == 0
     err = capsys.readouterr().err
     assert err.strip() == "fewstep solvers: warning: checkpoint step_000004 is damaged; resuming from step_000002"
+
+
+@pytest.mark.parametrize("argv, valid", [
+    (["fit-sampler", "pipe", "--steps", "2", "--out", "o.safetensors", "--solver", "sde_dpmpp_2m"], "fittable_solvers"),
+    (["boss", "schedule", "pipe", "--steps", "2", "--out", "o.safetensors", "--step-rule", "dpmpp_3m"], "STEP_RULES"),
+])
+def test_solver_choices_come_from_the_registry(argv, valid, capsys):
+    from fewstep.samplers.boss import STEP_RULES
+    from fewstep.samplers.learned import fittable_solvers
+
+    names = {"fittable_solvers": fittable_solvers(), "STEP_RULES": list(STEP_RULES)}[valid]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    choices = err.split("choose from", 1)[1]
+    assert "invalid choice" in err and all(name in choices for name in names)

@@ -8,6 +8,8 @@ from pathlib import Path
 
 
 def register(subparsers) -> argparse.ArgumentParser:
+    from fewstep.samplers.boss import STEP_RULES
+
     parser = subparsers.add_parser(
         "boss",
         help="BOSS: Bellman-optimal step schedules for a step budget K (Nguyen et al. 2024)",
@@ -25,7 +27,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     schedule.add_argument("--fine-steps", type=int, default=100, help="intervals of the teacher's fine grid (default 100)")
     schedule.add_argument("--noises", type=int, default=100, help="teacher trajectories (default 100)")
     schedule.add_argument("--batch-size", type=int, default=50)
-    schedule.add_argument("--step-rule", choices=["euler", "dpmpp_2m"], default="euler",
+    schedule.add_argument("--step-rule", choices=list(STEP_RULES), default="euler",
                           help="the solver the schedule is optimised for (default euler, as in the paper)")
     schedule.add_argument("--device", default="cpu")
     schedule.add_argument("--seed", type=int, default=0)
@@ -73,7 +75,7 @@ def schedule_command(args) -> int:
     from fewstep.io import check_spec_output
     from fewstep.pipelines.loading import load_teacher
     from fewstep.samplers import get_schedule
-    from fewstep.samplers.boss import boss_schedule
+    from fewstep.samplers.boss import STEP_RULES, boss_schedule
     from fewstep.samplers.spec import SamplerSpec
 
     if args.steps < 1:
@@ -93,7 +95,7 @@ def schedule_command(args) -> int:
         num_batches=-(-args.noises // args.batch_size),
     )
     seconds = time.perf_counter() - start
-    solver = "ddim" if args.step_rule == "euler" else "dpmpp_2m"
+    solver = STEP_RULES[args.step_rule]
     spec = SamplerSpec.from_grid(solver, result.ts, teacher.path, provenance={
         "method": "boss", "step_rule": args.step_rule, **teacher.provenance(args.pipeline), "fine_steps": args.fine_steps,
         "noises": args.noises, "seed": args.seed, "dp_objective": result.objective,

@@ -7,6 +7,8 @@ from pathlib import Path
 
 
 def register(subparsers) -> argparse.ArgumentParser:
+    from fewstep.samplers.learned import fittable_solvers
+
     parser = subparsers.add_parser(
         "fit-sampler",
         help="fit an M-step solver's time grid and/or weights to the pipeline's many-step output",
@@ -18,7 +20,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, required=True, help="student steps M (= NFE)")
     parser.add_argument("--out", type=Path, required=True, help="output sampler spec (.safetensors)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    parser.add_argument("--solver", default="dpmpp_2m", choices=["ddim", "dpmpp_2m", "dpmpp_3m", "dpmpp_3m_o3"])
+    parser.add_argument("--solver", default="dpmpp_2m", choices=fittable_solvers(),
+                        help="the deterministic multistep solver to fit (default dpmpp_2m)")
     parser.add_argument("--learn", default="both", choices=["grid", "weights", "both"])
     parser.add_argument("--eval-times", action="store_true",
                         help="also learn each step's model evaluation time, decoupled from the grid (LD3-style)")

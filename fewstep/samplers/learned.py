@@ -28,7 +28,7 @@ from .denoiser import DenoiserLike
 from .paths import NoisePath
 from .sampling import sample
 from .schedules import get_schedule
-from .solvers import Solver, get_solver
+from .solvers import Solver, available_solvers, get_solver
 from .spec import SamplerSpec
 
 
@@ -104,6 +104,11 @@ class FitHistory:
     stopped_early: str = ""
 
 
+def fittable_solvers() -> list[str]:
+    """Solvers whose grid and weights `fit_sampler` learns: the deterministic multistep ones."""
+    return available_solvers(kind="multistep", stochastic=False)
+
+
 def teacher_outputs(
     denoiser: DenoiserLike, noise: Tensor, teacher_steps: int, teacher_solver: str = "dpmpp_3m", batch_size: int = 256, **cond: Any
 ) -> Tensor:
@@ -159,8 +164,8 @@ def fit_sampler(
     cond = cond or {}
     path = denoiser.path
     solver_obj = get_solver(solver, lower_order_final=True)
-    if solver_obj.stochastic or solver_obj.kind != "multistep":
-        raise ValueError("fit_sampler learns multistep ODE solvers: ddim, dpmpp_2m, dpmpp_3m, dpmpp_3m_o3")
+    if solver_obj.name not in fittable_solvers():
+        raise ValueError(f"fit_sampler learns multistep ODE solvers: {', '.join(fittable_solvers())}; got {solver!r}")
     grid = LearnedGrid(path, get_schedule(init_schedule, path, num_steps, final="zero"), learn=learn in ("grid", "both"))
     weights = LearnedWeights(solver_obj, num_steps, learn=learn in ("weights", "both"))
     eval_times = LearnedEvalTimes(path, num_steps, learn=learn_eval_times)
