@@ -589,6 +589,11 @@ class Trainer:
         acc, cfg = self.accelerator, self.config
         accum = cfg.optim.gradient_accumulation_steps
         totals: dict[str, float] = {}
+        # A phase's loss may back-propagate into another phase's network (a generator's loss through
+        # its critic): start every phase from zero gradients everywhere, or stale ones would leak
+        # into the next phase's step (and a resumed run, which starts with none, would differ).
+        for net in self.objective.networks.values():
+            net.zero_grad(set_to_none=True)
         for micro in range(accum):
             batch = _to_device(next(batches), acc.device)
             generator = step_generator(cfg.seed, step, micro, phase, acc.process_index, acc.device)
