@@ -27,7 +27,7 @@ __version__ = "0.1.0"
 _LAZY: dict[str, str] = {
     "FewStepScheduler": "fewstep.pipelines.scheduler",
     "ClassConditionalPipeline": "fewstep.pipelines.class_conditional",
-    "ClassConditionalMLP": "fewstep.pipelines.class_conditional",
+    "ClassConditionalMLP": "fewstep.models.mlp",
     # diffusers' DiffusionPipeline.from_pretrained looks these base classes up on the
     # component's library to decide how to load a component saved from it.
     "SchedulerMixin": "diffusers",

@@ -96,7 +96,7 @@ def chain_tables(args) -> tuple[str, list]:
 
 
 def text_tables(args) -> tuple[str, list]:
-    from fewstep.distill.masked_transformer import MaskedDiffusionTransformer, model_fingerprint
+    from fewstep.models.masked_transformer import MaskedDiffusionTransformer, model_fingerprint
     from fewstep.distill.objectives.masked_diffusion import nelbo
     from fewstep.samplers.discrete.text import ALPHABET, NGramModel, text_sequences
 

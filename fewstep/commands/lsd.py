@@ -71,8 +71,8 @@ def load_testbed(args) -> tuple[object, int, object]:
     if args.testbed == "chain":
         chain = MarkovChain.random(args.vocab, min(3, args.vocab), seed=args.chain_seed)
         return chain.denoiser(), args.length, chain
-    from fewstep.distill.masked_transformer import MaskedDiffusionTransformer, model_fingerprint
-    from fewstep.metrics.mnist import assets_dir
+    from fewstep.io import assets_dir
+    from fewstep.models.masked_transformer import MaskedDiffusionTransformer, model_fingerprint
 
     folder = args.model or assets_dir() / "teachers" / "text_masked"
     if not (folder / "config.json").is_file():

@@ -1,20 +1,15 @@
-"""Teacher networks: a class-conditional MLP for 2-D data and a small class-conditional UNet2DModel.
+"""UNet builders: small class-conditional diffusers `UNet2DModel`s for CPU-sized image teachers and students.
 
-`ClassConditionalMLP` lives next to its pipeline (`fewstep.pipelines.class_conditional`) so
-that a saved pipeline loads with only that module imported; it is re-exported here.
-Both are diffusers `ModelMixin` / `ConfigMixin` models called as `model(x, timestep,
-class_labels=...)` and returning an output with `.sample`, so they save, load and sample the
-diffusers way. The last class index (`num_class_embeds - 1`) is the null class used for
-classifier-free guidance (Ho & Salimans 2022).
+The model is diffusers' own (`UNet2DModel` with a class embedding), so it saves, loads and
+samples the diffusers way; the last class index (`num_class_embeds - 1`) is the null class used
+for classifier-free guidance (Ho & Salimans 2022).
 """
 
 from __future__ import annotations
 
 from diffusers import UNet2DModel
 
-from fewstep.pipelines.class_conditional import ClassConditionalMLP, MLPOutput
-
-__all__ = ["ClassConditionalMLP", "MLPOutput", "small_unet"]
+__all__ = ["small_unet"]
 
 
 def small_unet(

@@ -8,79 +8,24 @@
 The denoiser (`unet`) is any diffusers model called as `unet(x, timestep, class_labels=...)`
 with a class embedding whose last index (`num_class_embeds - 1`) is the null class. Samples
 that are not images (2-D points) are returned raw for output_type "np" / "pt".
-`ClassConditionalMLP` is the 2-D teachers' network (defined here so that loading a saved
-pipeline needs only this module).
+The 2-D teachers' network, `ClassConditionalMLP`, lives in `fewstep.models.mlp`; it is
+re-exported here because pipelines saved earlier name it as
+["fewstep.pipelines.class_conditional", "ClassConditionalMLP"] in their model_index.json.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
-from diffusers import ConfigMixin, DiffusionPipeline, ImagePipelineOutput, ModelMixin
-from diffusers.configuration_utils import register_to_config
-from diffusers.models.embeddings import TimestepEmbedding, Timesteps
-from diffusers.utils import BaseOutput
+from diffusers import DiffusionPipeline, ImagePipelineOutput, ModelMixin  # noqa: F401  (see below)
 from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor, nn
 
-
-@dataclass
-class MLPOutput(BaseOutput):
-    """Network output `sample` [B, dim]."""
-
-    sample: Tensor
-
-
-class ResidualBlock(nn.Module):
-    """Pre-norm residual MLP block: h + W2 silu(W1 silu(LN(h)))."""
-
-    def __init__(self, width: int) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.LayerNorm(width), nn.SiLU(), nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
-
-    def forward(self, h: Tensor) -> Tensor:
-        return h + self.net(h)
-
-
-class ClassConditionalMLP(ModelMixin, ConfigMixin):
-    """Residual MLP denoiser for low-dimensional data: (x [B, dim], timestep [B] or scalar, class_labels [B]) -> [B, dim].
-
-    The timestep is in the model's own units (integer DDPM steps or t * 1000 for flows) and
-    goes through diffusers' sinusoidal `Timesteps` + `TimestepEmbedding`; the class embedding
-    is added to the hidden state. Labels default to the null class (`num_class_embeds - 1`).
-    """
-
-    @register_to_config
-    def __init__(self, dim: int = 2, width: int = 256, num_blocks: int = 4, num_class_embeds: int = 9) -> None:
-        super().__init__()
-        self.time_proj = Timesteps(width, flip_sin_to_cos=True, downscale_freq_shift=0)
-        self.time_embedding = TimestepEmbedding(width, width)
-        self.class_embedding = nn.Embedding(num_class_embeds, width)
-        self.input = nn.Linear(dim, width)
-        self.blocks = nn.ModuleList(ResidualBlock(width) for _ in range(num_blocks))
-        self.output = nn.Sequential(nn.LayerNorm(width), nn.SiLU(), nn.Linear(width, dim))
-
-    @property
-    def sample_shape(self) -> tuple[int, ...]:
-        """Shape of one sample (without the batch dimension)."""
-        return (self.config.dim,)
-
-    def forward(
-        self, sample: Tensor, timestep: Tensor | float, class_labels: Tensor | None = None, return_dict: bool = True
-    ) -> MLPOutput | tuple[Tensor]:
-        batch = sample.shape[0]
-        timestep = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(batch)
-        temb = self.time_embedding(self.time_proj(timestep).to(sample.dtype))
-        if class_labels is None:
-            class_labels = torch.full((batch,), self.config.num_class_embeds - 1, device=sample.device, dtype=torch.long)
-        h = self.input(sample) + temb + self.class_embedding(class_labels)
-        for block in self.blocks:
-            h = block(h)
-        out = self.output(h)
-        return MLPOutput(sample=out) if return_dict else (out,)
-
+# Pipelines saved before the MLP moved to fewstep.models name its component
+# ["fewstep.pipelines.class_conditional", "ClassConditionalMLP"]: diffusers then looks up the class
+# and its loadable base class (ModelMixin) on this module, so both must stay importable from here.
+from ..models.mlp import ClassConditionalMLP, MLPOutput  # noqa: F401
 
 
 def null_class(model: nn.Module) -> int:

@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from fewstep.distill.masked_transformer import MaskedDiffusionTransformer, model_fingerprint
+from fewstep.models.masked_transformer import MaskedDiffusionTransformer, model_fingerprint
 import json
 
 import pytest
