@@ -7,6 +7,15 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+#: Environment variable naming another assets folder (teachers, MNIST classifier, statistics).
+ASSETS_ENV = "FEWSTEP_ASSETS"
+
+
+def assets_dir() -> Path:
+    """The assets folder: `$FEWSTEP_ASSETS` when set, else `assets/` next to the fewstep package."""
+    env = os.environ.get(ASSETS_ENV)
+    return Path(env) if env else Path(__file__).resolve().parents[1] / "assets"
+
 
 def write_atomic(path: str | os.PathLike, write: Callable[[str], object]) -> Path:
     """Call `write(tmp_path)` on a temporary file in the same folder, then rename it onto `path`.

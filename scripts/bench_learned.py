@@ -96,8 +96,9 @@ MNIST_VARIANTS = {"grid": ("grid", False), "both": ("both", False), "grid+eval":
 
 def mnist_part(iterations: int, num_images: int, variants: list[str]) -> str:
     from fewstep.pipelines.loading import load_teacher
-    from fewstep.pipelines.scoring import MnistScorer, generate_images, rms_pixel_error
-    from fewstep.metrics.mnist import assets_dir
+    from fewstep.io import assets_dir
+    from fewstep.metrics.mnist import MnistScorer
+    from fewstep.pipelines.scoring import generate_images, rms_pixel_error
 
     teacher = load_teacher(assets_dir() / "teachers" / "mnist_flow")
     scorer = MnistScorer()

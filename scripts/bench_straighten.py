@@ -25,9 +25,10 @@ import torch
 
 from fewstep.distill.config import load_config
 from fewstep.distill.loop import train
-from fewstep.metrics.mnist import assets_dir
+from fewstep.io import assets_dir
+from fewstep.metrics.mnist import MnistScorer
 from fewstep.pipelines.loading import load_teacher
-from fewstep.pipelines.scoring import MnistScorer, generate_images, rms_pixel_error
+from fewstep.pipelines.scoring import generate_images, rms_pixel_error
 from fewstep.samplers import get_schedule
 from fewstep.samplers.boss import boss_schedule
 from fewstep.samplers.spec import SamplerSpec

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import torch
 
+from fewstep.io import assets_dir
 from fewstep.metrics.mnist import (
     CLASSIFIER_DIR,
     STATS_DIR,
     MnistFeatureExtractor,
-    assets_dir,
     load_mnist_classifier,
     train_mnist_classifier,
     write_reference_stats,

@@ -38,7 +38,7 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def _teacher_dir(name: str) -> Path:
-    from fewstep.metrics.mnist import assets_dir
+    from fewstep.io import assets_dir
 
     candidate = Path(name)
     return candidate if candidate.exists() else assets_dir() / "teachers" / name
@@ -56,8 +56,9 @@ def run(args) -> int:
     from tqdm.auto import tqdm
 
     from fewstep.io import write_atomic
+    from fewstep.metrics.mnist import MnistScorer
     from fewstep.pipelines.loading import load_teacher
-    from fewstep.pipelines.scoring import MnistScorer, generate_images, rms_pixel_error
+    from fewstep.pipelines.scoring import generate_images, rms_pixel_error
     from fewstep.samplers import get_schedule
 
     if args.n < 10 or min(args.nfe) < 1:

@@ -2,70 +2,35 @@
 
 FID on MNIST-like samples uses its 128-d penultimate features (global-average-pooled last
 conv block, the analogue of Inception's pool3) instead of Inception-v3, which has never seen
-digits. The classifier is a diffusers `ModelMixin` so it saves and loads with
-`save_pretrained` / `from_pretrained` (safetensors); the trained weights ship in
-`assets/mnist_classifier/` and the reference statistics in `assets/mnist_stats/`.
+digits. The classifier (`fewstep.models.MnistClassifier`) is a diffusers `ModelMixin` so it
+saves and loads with `save_pretrained` / `from_pretrained` (safetensors); the trained weights
+ship in `assets/mnist_classifier/` and the reference statistics in `assets/mnist_stats/`.
+`MnistScorer` scores generated digits: FID against those statistics and classifier accuracy.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import ConfigMixin, ModelMixin
-from diffusers.configuration_utils import register_to_config
 from torch import nn
+
+from fewstep.io import ASSETS_ENV, assets_dir
+from fewstep.models.mnist_classifier import MnistClassifier
 
 PROTOCOL = (
     "mnist-classifier-v1: uint8 [N,C,H,W] -> 1 channel (mean of RGB, alpha dropped) -> "
     "28x28 zero-padded with background to 32x32, other sizes bilinear-resized to 32x32 -> "
     "x/127.5-1 -> 128-d global-average-pooled features of the last conv block"
 )
-ASSETS_ENV = "FEWSTEP_ASSETS"
 CLASSIFIER_DIR = "mnist_classifier"
 STATS_DIR = "mnist_stats"
-
-
-class MnistClassifier(ModelMixin, ConfigMixin):
-    """CNN: x [N, 1, 32, 32] in [-1, 1] -> logits [N, num_classes]; `features(x)` -> [N, widths[-1]]."""
-
-    @register_to_config
-    def __init__(
-        self,
-        in_channels: int = 1,
-        num_classes: int = 10,
-        widths: tuple[int, ...] = (32, 64, 128),
-        convs_per_stage: int = 2,
-        sample_size: int = 32,
-        dropout: float = 0.2,
-    ) -> None:
-        super().__init__()
-        layers: list[nn.Module] = []
-        c_in = in_channels
-        for i, width in enumerate(widths):
-            for _ in range(convs_per_stage):
-                layers += [nn.Conv2d(c_in, width, 3, padding=1, bias=False), nn.BatchNorm2d(width)]
-                layers.append(nn.ReLU(inplace=True))
-                c_in = width
-            if i < len(widths) - 1:
-                layers.append(nn.MaxPool2d(2))
-        self.body = nn.Sequential(*layers)
-        self.drop = nn.Dropout(dropout)
-        self.head = nn.Linear(c_in, num_classes)
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Penultimate features: x [N, 1, 32, 32] in [-1, 1] -> [N, widths[-1]] (non-negative)."""
-        return self.body(x).mean(dim=(2, 3))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits [N, num_classes] for x [N, 1, 32, 32] in [-1, 1]."""
-        return self.head(self.drop(self.features(x)))
 
 
 def to_classifier_input(images: torch.Tensor, size: int = 32) -> torch.Tensor:
@@ -113,14 +78,6 @@ class MnistFeatureExtractor(nn.Module):
         device = next(self.classifier.parameters()).device
         x = to_classifier_input(images.to(device), self.classifier.config.sample_size)
         return self.classifier.features(x).float()
-
-
-def assets_dir() -> Path:
-    """The assets folder: `$FEWSTEP_ASSETS` when set, else `assets/` next to the fewstep package."""
-    import fewstep
-
-    env = os.environ.get(ASSETS_ENV)
-    return Path(env) if env else Path(fewstep.__file__).resolve().parents[1] / "assets"
 
 
 def default_weights() -> Path:
@@ -224,8 +181,11 @@ def mnist_uint8(split: str = "all") -> torch.Tensor:
 
 
 @torch.no_grad()
-def extract_features(extractor: nn.Module, images: torch.Tensor, batch_size: int = 500) -> np.ndarray:
-    """Features float64 [N, D] of uint8 images [N, C, H, W], in batches."""
+def mnist_features(extractor: nn.Module, images: torch.Tensor, batch_size: int = 500) -> np.ndarray:
+    """Features float64 [N, D] of uint8 images [N, C, H, W] held in memory, in batches.
+
+    (`fewstep.metrics.extract.extract_features` streams folders and files for `fewstep fid`.)
+    """
     return torch.cat([extractor(b) for b in images.split(batch_size)]).double().cpu().numpy()
 
 
@@ -236,11 +196,56 @@ def write_reference_stats(extractor: nn.Module, out_dir: str | Path | None = Non
     out = Path(out_dir) if out_dir is not None else assets_dir() / STATS_DIR
     written = []
     for split in ("all", "train", "test"):
-        features = extract_features(extractor, mnist_uint8(split))
+        features = mnist_features(extractor, mnist_uint8(split))
         stats = stats_from_features(features, extractor="mnist", protocol=PROTOCOL)
         path = save_stats(out / f"mnist_{split}.npz", stats)
         written.append(path)
     return written
+
+
+# ---- scoring generated digits ----------------------------------------------------------------
+
+
+@dataclass
+class MnistScores:
+    """FID vs the embedded MNIST set, and the share of samples classified as their label."""
+
+    fid: float
+    accuracy: float
+
+
+class MnistScorer:
+    """Scores uint8 digit images with the shipped MNIST classifier's features (`mnist` extractor).
+
+    Used by `fewstep demo` and the benchmark scripts on samples from `fewstep.pipelines.scoring.generate_images`.
+    """
+
+    def __init__(self, device: str | torch.device = "cpu", reference: str = "all"):
+        from fewstep.metrics.stats import load_stats
+
+        self.extractor = build_mnist_feature_extractor(device=str(device))
+        self.reference = load_stats(assets_dir() / STATS_DIR / f"mnist_{reference}.npz")
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """float64 features [N, D]."""
+        return torch.from_numpy(mnist_features(self.extractor, images))
+
+    @torch.no_grad()
+    def accuracy(self, images: torch.Tensor, labels: torch.Tensor) -> float:
+        """Share of images the classifier assigns to `labels`."""
+        classifier = self.extractor.classifier
+        device = next(classifier.parameters()).device
+        logits = torch.cat([classifier(to_classifier_input(c.to(device))) for c in images.split(500)])
+        return float((logits.argmax(1).cpu() == labels).double().mean())
+
+    def score(self, images: torch.Tensor, labels: torch.Tensor) -> MnistScores:
+        """FID_N against the embedded MNIST statistics, and classifier accuracy."""
+        from fewstep.metrics.frechet import frechet_distance
+
+        feats = self.features(images)
+        mu, sigma = feats.mean(0), torch.cov(feats.T)
+        fid = frechet_distance(mu, sigma, self.reference.mu, self.reference.sigma)
+        return MnistScores(fid=fid, accuracy=self.accuracy(images, labels))
 
 
 def _register() -> None:

@@ -1,14 +1,13 @@
-"""Generate class-conditional images with any fewstep sampler and score them on MNIST features.
+"""Generate class-conditional images with any fewstep sampler, for scoring and paired comparisons.
 
-Shared by `fewstep demo` and the benchmark scripts: `generate_images` draws the same noise
-and labels for every sampler (paired comparisons), `MnistScorer` gives FID against the
-embedded MNIST statistics, FD against another sample set, and classifier accuracy
-(samples classified as their conditioning label).
+Shared by `fewstep sample`, `fewstep demo` and the benchmark scripts: `generate_images` draws
+the same noise and labels for every sampler (paired comparisons); `rms_pixel_error` compares
+two samplers' images from that noise. Scoring them on MNIST features (FID, classifier
+accuracy) is `fewstep.metrics.mnist.MnistScorer`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -61,46 +60,3 @@ def generate_images(
             nfe = out.nfe
     labels = cond.get("class_labels", torch.zeros(num_images, dtype=torch.long)).cpu()
     return torch.cat(images), labels, nfe
-
-
-@dataclass
-class MnistScores:
-    """FID vs the embedded MNIST set, and the share of samples classified as their label."""
-
-    fid: float
-    accuracy: float
-
-
-class MnistScorer:
-    """Scores uint8 digit images with the shipped MNIST classifier's features (`mnist` extractor)."""
-
-    def __init__(self, device: str | torch.device = "cpu", reference: str = "all"):
-        from ..metrics.mnist import assets_dir, build_mnist_feature_extractor
-        from ..metrics.stats import load_stats
-
-        self.extractor = build_mnist_feature_extractor(device=str(device))
-        self.reference = load_stats(assets_dir() / "mnist_stats" / f"mnist_{reference}.npz")
-
-    @torch.no_grad()
-    def features(self, images: Tensor) -> Tensor:
-        """float64 features [N, D]."""
-        return torch.cat([self.extractor(chunk) for chunk in images.split(500)]).double().cpu()
-
-    @torch.no_grad()
-    def accuracy(self, images: Tensor, labels: Tensor) -> float:
-        """Share of images the classifier assigns to `labels`."""
-        from ..metrics.mnist import to_classifier_input
-
-        classifier = self.extractor.classifier
-        device = next(classifier.parameters()).device
-        logits = torch.cat([classifier(to_classifier_input(c.to(device))) for c in images.split(500)])
-        return float((logits.argmax(1).cpu() == labels).double().mean())
-
-    def score(self, images: Tensor, labels: Tensor) -> MnistScores:
-        """FID_N against the embedded MNIST statistics, and classifier accuracy."""
-        from ..metrics.frechet import frechet_distance
-
-        feats = self.features(images)
-        mu, sigma = feats.mean(0), torch.cov(feats.T)
-        fid = frechet_distance(mu, sigma, self.reference.mu, self.reference.sigma)
-        return MnistScores(fid=fid, accuracy=self.accuracy(images, labels))

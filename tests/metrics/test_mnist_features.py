@@ -6,19 +6,19 @@ import torch
 import torch.nn.functional as F
 
 from fewstep.data import load_mnist
+from fewstep.io import assets_dir
 from fewstep.metrics.features import available_feature_extractors, get_feature_extractor
 from fewstep.metrics.stats import load_stats
 from fewstep.metrics.mnist import (
     PROTOCOL,
-    MnistClassifier,
     MnistFeatureExtractor,
-    assets_dir,
     build_mnist_feature_extractor,
     classifier_accuracy,
     default_weights,
     mnist_uint8,
     to_classifier_input,
 )
+from fewstep.models import MnistClassifier
 
 
 @pytest.fixture(scope="module")
