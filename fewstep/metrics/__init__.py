@@ -1,7 +1,8 @@
 """FID / KID / FD: feature extractors, streaming statistics, Frechet distance.
 
 `fewstep fid` (fewstep/commands/fid.py) is the command-line front end; docs/metrics.md states
-the protocol. Everything here needs only torch and numpy (torch-fidelity for `inception`).
+the protocol. Everything here needs only torch and numpy (torch-fidelity for `inception`; the
+`mnist` extractor's classifier is a diffusers model from `fewstep.models`).
 """
 
 from fewstep.metrics.features import (
