@@ -96,7 +96,7 @@ def build_model(cfg: ModelConfig, teacher: Teacher | None = None) -> nn.Module:
 
     `model.type=pretrained`: a trainable copy of the teacher's network (`load_model_teacher`).
     """
-    from .models import ClassConditionalMLP, small_unet
+    from fewstep.models import ClassConditionalMLP, small_unet
 
     if cfg.type == "mlp":
         return ClassConditionalMLP(dim=cfg.dim, width=cfg.width, num_blocks=cfg.num_blocks, num_class_embeds=cfg.num_classes + 1)
@@ -107,7 +107,7 @@ def build_model(cfg: ModelConfig, teacher: Teacher | None = None) -> nn.Module:
             teacher = load_model_teacher(cfg)
         return copy.deepcopy(teacher.network).requires_grad_(True).train()
     if cfg.type == "masked_transformer":
-        from .masked_transformer import MaskedDiffusionTransformer
+        from fewstep.models import MaskedDiffusionTransformer
 
         return MaskedDiffusionTransformer(vocab_size=cfg.vocab_size, seq_len=cfg.seq_len, dim=cfg.width,
                                           num_layers=cfg.num_layers, num_heads=cfg.num_heads)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fewstep.distill.masked_transformer import MaskedDiffusionTransformer
+from fewstep.models import MaskedDiffusionTransformer
 from fewstep.distill.objectives.masked_diffusion import masked_nelbo_terms
 from fewstep.samplers.discrete import LogLinearMaskPath
 

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.functional import softplus
 
-from fewstep.distill.models import ClassConditionalMLP
+from fewstep.models import ClassConditionalMLP
 from fewstep.distill.objectives import Objective, Teacher, register_objective
 
 

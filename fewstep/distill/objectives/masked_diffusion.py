@@ -121,7 +121,7 @@ class MaskedDiffusion(Objective):
         """The model folder (`save_pretrained`; loads with `MaskedDiffusionTransformer.from_pretrained`) + data.json
         (corpus id, model id, held-out NELBO per token with its 95% half-width). Masked diffusion has no
         diffusers scheduler: sampling uses `fewstep.samplers.discrete`."""
-        from fewstep.distill.masked_transformer import model_fingerprint
+        from fewstep.models import model_fingerprint
 
         network = networks["model"]
         network.save_pretrained(str(folder))
