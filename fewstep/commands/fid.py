@@ -92,33 +92,17 @@ def _check_output(out: str, overwrite: bool) -> None:
 
     The file must end in .npz, must not be a folder, must not exist (unless --overwrite), and the
     nearest existing folder above it must be a writable folder (missing folders below it are
-    created when the file is written).
+    created when the file is written): `fewstep.io.check_spec_output`.
     """
+    from fewstep.io import check_spec_output
+
     path = Path(out)
-    if path.is_dir():
-        raise IsADirectoryError(f"--out {out!r} is a folder; give a file name, e.g. --out {str(path / 'stats.npz')!r}")
-    if path.suffix != ".npz":
+    if path.suffix != ".npz" and not path.is_dir():
         raise ValueError(
             f"--out {out!r}: statistics files end in .npz (numpy would append it otherwise); "
             f"use e.g. --out {str(path.with_name(path.name + '.npz'))!r}"
         )
-    if path.exists() or path.is_symlink():
-        if not overwrite:
-            raise FileExistsError(
-                f"--out {out!r} already exists; pass --overwrite to replace it, or choose another file name"
-            )
-    folder = next((p for p in (path.parent, *path.parent.parents) if p.exists() or p.is_symlink()), Path("."))
-    if not folder.is_dir():
-        raise NotADirectoryError(
-            f"--out {out!r}: {str(folder)!r} is a file, not a folder, so nothing can be written under it; "
-            "choose an output path inside a folder"
-        )
-    if not os.access(folder, os.W_OK | os.X_OK):
-        what = "write in" if folder == path.parent else f"create {str(path.parent)!r} in"
-        raise PermissionError(
-            f"--out {out!r}: cannot {what} {str(folder)!r} (no write permission, or a read-only file "
-            "system); choose a writable folder"
-        )
+    check_spec_output(path, overwrite)
 
 
 def _check_stats_provenance(stats_list: list, feature_name: str | None, extractor: Any | None) -> list[str]:
