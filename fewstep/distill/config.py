@@ -92,7 +92,8 @@ class ObjectiveConfig:
             listed = ", ".join(valid) if valid else "none"
             raise ValueError(
                 f"{', '.join(prefix + key for key in unknown)}: not an option of objective {name!r} (its options: "
-                f"{listed}); drop it, or choose the objective that uses it"
+                f"{listed}); drop it, or choose the objective that uses it (to switch a config file to another "
+                f"objective, objective={{name: {name}}} replaces the file's objective section)"
             )
         return cls(name, _build(objective.Options, options, prefix))
 
@@ -340,7 +341,8 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
 
     An override replaces the value it names: `data.options={}` clears the options a file set,
     `data.options={n: 5}` sets exactly those options, `data.options.n=5` changes one option and
-    keeps the others. A whole section (`optim={lr: 1e-4}`) is merged key by key, never replaced.
+    keeps the others. A whole section (`optim={lr: 1e-4}`) is merged key by key, never replaced —
+    except `objective={...}`, which replaces the section (its keys belong to the named objective).
     """
     out = _merge({}, data)  # a deep copy of the mappings
     for item in overrides:
@@ -355,7 +357,10 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
                 )
             node = child
         last = parts[-1]
-        if isinstance(value, dict) and isinstance(node.get(last), dict) and _section_type(parts) is not None:
+        section = _section_type(parts)
+        # sections merge key by key, except `objective`: its keys are the named objective's options,
+        # so a whole mapping (objective={name: vp_diffusion, ...}) replaces the file's section
+        if isinstance(value, dict) and isinstance(node.get(last), dict) and section not in (None, ObjectiveConfig):
             node[last] = _merge(node[last], value)
         else:
             node[last] = value

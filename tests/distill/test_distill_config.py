@@ -221,3 +221,16 @@ def test_every_shipped_config_loads_and_round_trips(tmp_path: Path, path: Path) 
     config = load_config(path)
     assert config.objective.name == yaml.safe_load(path.read_text())["objective"]["name"]
     assert load_config(save_config(config, tmp_path / "config.yaml")) == config
+
+
+def test_a_whole_objective_mapping_replaces_the_files_section(tmp_path: Path) -> None:
+    """objective={name: ...} switches a config file to another objective without its old options."""
+    file = tmp_path / "c.yaml"
+    file.write_text("objective:\n  name: flow_matching\n  time_sampling: logit_normal\n  cfg_dropout: 0.2\n")
+    switched = load_config(file, ["objective={name: vp_diffusion, prediction_type: v_prediction}"])
+    assert switched.objective.to_dict() == {"name": "vp_diffusion", "prediction_type": "v_prediction",
+                                            "beta_schedule": "linear", "num_train_timesteps": 1000, "cfg_dropout": 0.1}
+    kept = load_config(file, ["objective.cfg_dropout=0.3"])  # one option changed, the others kept
+    assert (kept.objective.time_sampling, kept.objective.cfg_dropout) == ("logit_normal", 0.3)
+    with pytest.raises(ValueError, match=r"objective=\{name: vp_diffusion\} replaces the file's objective section"):
+        load_config(file, ["objective.name=vp_diffusion"])
