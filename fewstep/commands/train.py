@@ -35,6 +35,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--run-dir", default=None, help="shorthand for run_dir=PATH")
     parser.add_argument("--export-only", action="store_true",
                         help="with --resume: write that checkpoint's EMA model to run_dir/pipeline and stop")
+    parser.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                        help="import MODULE first (repeatable): a module that registers its own objective "
+                        "with @register_objective, usable as objective.name")
     return parser
 
 
@@ -42,7 +45,9 @@ def run(args: argparse.Namespace) -> int:
     """Load the config, train, and print where the results are."""
     from fewstep.distill.config import load_config
     from fewstep.distill.loop import NonFiniteLossError, export_checkpoint, train
+    from fewstep.distill.objectives import import_objective_modules
 
+    import_objective_modules(getattr(args, "imports", []))
     overrides = list(args.overrides) + ([f"run_dir={args.run_dir}"] if args.run_dir else [])
     config = load_config(args.config, overrides)
     if getattr(args, "export_only", False):

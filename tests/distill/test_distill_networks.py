@@ -87,3 +87,20 @@ def test_reflow_turns_a_vp_teachers_ode_pairs_into_a_one_step_flow_student(tmp_p
     print(f"one-step error: before {before:.3f}, after {after:.3f}, teacher ODE samples {teacher_error:.3f}")
     assert before > 1.0  # the VP weights read as a velocity are far off
     assert after < 0.5 * before and after < teacher_error + 0.35, (before, after, teacher_error)
+
+
+def test_fewstep_train_imports_a_module_that_registers_its_objective(tmp_path: Path, monkeypatch, capsys) -> None:
+    """An objective outside fewstep: `fewstep train --import MODULE` registers it, then trains and exports it."""
+    from fewstep.cli import main
+
+    (tmp_path / "my_objectives.py").write_text((Path(__file__).parent / "toy_gan.py").read_text().replace('"toy_gan"', '"my_gan"'))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    config = tmp_path / "c.yaml"
+    config.write_text("objective:\n  name: my_gan\n  critic_width: 16\nmodel:\n  width: 32\n  num_blocks: 1\n"
+                      "data:\n  options: {n: 256}\n  batch_size: 64\n")
+    args = ["train", "--import", "my_objectives", str(config), "max_steps=2", "log_with=none", f"run_dir={tmp_path / 'run'}"]
+    with single_thread():
+        assert main(args) == 0
+    assert (tmp_path / "run" / "pipeline" / "critic" / "config.json").is_file()
+    assert main(["train", "--import", "no_such_module_xyz", str(config)]) == 2
+    assert "--import no_such_module_xyz: cannot import it" in capsys.readouterr().err
