@@ -57,7 +57,7 @@ def run(args) -> int:
     spec, history = fit_sampler(
         teacher.denoiser, args.steps, noise[train], targets[train], solver=args.solver, learn=args.learn,
         init_schedule=args.init_schedule, iterations=args.iterations, batch_size=args.batch_size,
-        ball_radius=args.ball_radius, heldout=(noise[held], targets[held]) if args.heldout else None,
+        ball_radius=args.ball_radius, heldout=(noise[held], targets[held], {k: v[held] for k, v in cond.items()}) if args.heldout else None,
         seed=args.seed, cond={k: v[train] for k, v in cond.items()}, progress=True, learn_eval_times=args.eval_times,
     )
     spec.provenance.update(**teacher.provenance(args.pipeline), teacher_steps=args.teacher_steps)

@@ -126,6 +126,18 @@ def _rms(a: Tensor, b: Tensor) -> float:
     return float((a.double() - b.double()).pow(2).mean().sqrt())
 
 
+def _heldout_conditioning(heldout: tuple | None, cond: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The held-out noises' own conditioning (third element of `heldout`); required when `cond` is given."""
+    if heldout is None:
+        return {}
+    if len(heldout) > 2:
+        return dict(heldout[2])
+    if cond:
+        raise ValueError("heldout=(noise, targets) needs the held-out noises' own conditioning when cond is given: "
+                         "pass heldout=(noise, targets, {'class_labels': labels_of_those_noises})")
+    return {}
+
+
 def fit_sampler(
     denoiser: DenoiserLike,
     num_steps: int,
@@ -139,7 +151,7 @@ def fit_sampler(
     lr_grid: float = 0.05,
     lr_weights: float = 0.01,
     ball_radius: float = 0.0,
-    heldout: tuple[Tensor, Tensor] | None = None,
+    heldout: tuple[Tensor, Tensor] | tuple[Tensor, Tensor, dict[str, Tensor]] | None = None,
     seed: int = 0,
     cond: dict[str, Tensor] | None = None,
     loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
@@ -151,6 +163,7 @@ def fit_sampler(
 ) -> tuple[SamplerSpec, FitHistory]:
     """Fit an M-step sampler to teacher samples `targets` from `noise` [N, ...]; returns a spec and history.
 
+    `heldout` = (noise, targets[, cond]) is scored before and after (never trained on or selected by).
     learn: "grid" (LD3-like), "weights" (S4S-like) or "both" (LSD+-like); `learn_eval_times` also
     decouples each step's model evaluation time from the grid (LD3's decoupling). A `validation_fraction`
     of the pairs is held back; every `validate_every` iterations the sampler with the lowest
@@ -182,11 +195,13 @@ def fit_sampler(
         eval_ts = eval_times(ts) if learn_eval_times else None
         return sample(denoiser, x, ts, solver_obj, coeffs=weights(ts, path), eval_ts=eval_ts, **c).x
 
+    heldout_cond = _heldout_conditioning(heldout, cond)
+
     def evaluate() -> float:
         if heldout is None:
             return math.nan
         with torch.no_grad():
-            return _rms(student(heldout[0], {k: v[: heldout[0].shape[0]] for k, v in cond.items()}), heldout[1])
+            return _rms(student(heldout[0], heldout_cond), heldout[1])
 
     history.heldout_before = evaluate()
     num_val = int(noise.shape[0] * validation_fraction) if noise.shape[0] >= 8 else 0
