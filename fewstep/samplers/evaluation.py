@@ -52,10 +52,23 @@ def exact_endpoint(denoiser: DenoiserLike, x: Tensor, t_start: float = 1.0, num_
     return denoiser(x_end, torch.tensor(t_end, dtype=torch.float64))
 
 
-def steps_for_budget(solver_name: str, nfe: int) -> int:
-    """Largest step count whose NFE (the last step to t = 0 costs one evaluation) fits the budget."""
-    per_step = get_solver(solver_name).evals_per_step
-    return max(1, (nfe - 1) // per_step + 1)
+def steps_for_budget(solver_name: str, nfe: int, path: NoisePath | None = None) -> int:
+    """Largest step count whose NFE (the last step to t = 0 costs one evaluation) fits the budget.
+
+    dpmpp_fast spends the budget exactly: its grid from t = 1 to 0 has the step count of its order
+    split, plus the first-order steps (to t = 0; from t = 1 on a flow, where alpha = 0 — `path`).
+    """
+    solver = get_solver(solver_name)
+    if solver.fast:
+        start_infinite = path is not None and not bool(torch.isfinite(path.lam(torch.tensor(1.0, dtype=torch.float64))))
+        return solver.num_steps_for(nfe, first_order_steps=1 + int(start_infinite))
+    return max(1, (nfe - 1) // solver.evals_per_step + 1)
+
+
+def budget_solver(solver_name: str, nfe: int):
+    """The solver for one NFE budget (dpmpp_fast is told its budget; the others do not need it)."""
+    solver = get_solver(solver_name)
+    return get_solver(solver_name, nfe=nfe) if solver.fast else solver
 
 
 @dataclass
@@ -92,11 +105,10 @@ def solver_errors(
     target = exact_endpoint(denoiser, noise, 1.0)
     rows = []
     for solver_name in solvers:
-        solver = get_solver(solver_name)
         for schedule in schedules:
             for budget in nfes:
-                ts = get_schedule(schedule, path, steps_for_budget(solver_name, budget), final="zero")
-                out = sample(denoiser, noise, ts, solver)
+                ts = get_schedule(schedule, path, steps_for_budget(solver_name, budget, path), final="zero")
+                out = sample(denoiser, noise, ts, budget_solver(solver_name, budget))
                 rows.append(ErrorRow(path_kind, solver_name, schedule, budget, out.nfe, rmse(out.x, target)))
     return rows
 

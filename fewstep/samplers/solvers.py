@@ -1,5 +1,11 @@
 """Solvers as coefficient tables: DPM-Solver++ (Lu et al. 2022, arXiv 2211.01095) and Heun.
 
+Heun comes in two coordinate systems: `heun_edm` is EDM's Algorithm 1 (Karras et al. 2022) in
+VE coordinates (x / alpha over sigma / alpha, = k-diffusion's `sample_heun`); `heun_flow` is the
+same trapezoidal rule in rectified-flow coordinates (x / (alpha + sigma) over
+sigma / (alpha + sigma)). `dpmpp_fast` is the reference DPM-Solver's "fast" singlestep method:
+a budget of NFE evaluations split into 3S / 2S / 1 steps (`fast_step_orders`) so NFE is exact.
+
 Every solver here is an exponential integrator in data prediction. One step from t to t'
 (lam = log(alpha / sigma), h = lam' - lam) is
 
@@ -134,16 +140,28 @@ class Solver:
     d2_scale: float = 1.0
     #: 2M only: "midpoint" or "heun" weighting of the first difference (diffusers' solver_type).
     solver_type: str = "midpoint"
+    #: Heun solvers only: the coordinates of the trapezoidal rule, "edm" (VE) or "flow".
+    heun: str | None = None
+    #: dpmpp_fast: per-step orders split the NFE budget `nfe` as the reference DPM-Solver-fast does.
+    fast: bool = False
+    #: dpmpp_fast only: the NFE budget (None: the largest budget the grid's step count allows).
+    nfe: int | None = None
     summary: str = ""
 
     def __post_init__(self) -> None:
         if self.solver_type not in ("midpoint", "heun"):
             raise ValueError(f"solver_type must be 'midpoint' or 'heun', got {self.solver_type!r}")
+        if self.heun not in (None, "edm", "flow"):
+            raise ValueError(f"heun must be 'edm' or 'flow', got {self.heun!r}")
+        if self.nfe is not None and not self.fast:
+            raise ValueError(f"nfe= (an NFE budget split into steps) is an option of dpmpp_fast, not of {self.name!r}")
+        if self.nfe is not None and self.nfe < 1:
+            raise ValueError(f"nfe must be at least 1, got {self.nfe}")
 
     @property
     def evals_per_step(self) -> int:
         """Model evaluations per (non-final) step."""
-        return 1 if self.kind == "multistep" else (2 if self.name == "heun" else self.order)
+        return 1 if self.kind == "multistep" else (2 if self.heun else self.order)
 
     def process_x0(self, x0: Tensor) -> Tensor:
         """Apply the x0_hat options (dynamic thresholding) to a denoiser output."""
@@ -204,6 +222,34 @@ class Solver:
             elif i == n - 2 and lower_final:
                 order = min(order, 2)
             orders.append(order)
+        if self.fast:
+            return self._fast_orders(orders, start)
+        return orders
+
+    def num_steps_for(self, nfe: int, first_order_steps: int = 0) -> int:
+        """dpmpp_fast: grid steps for an NFE budget; `first_order_steps` steps of the grid must be
+        first order (1 evaluation each): one from t = 1 on a flow (alpha = 0), one to t = 0 (final="zero")."""
+        return len(fast_step_orders(nfe - first_order_steps, self.order)) + first_order_steps
+
+    def _fast_orders(self, orders: list[int], start: int) -> list[int]:
+        """DPM-Solver-fast orders: the steps that must be first order (an end with infinite lam)
+        cost one evaluation each; the rest of the budget is split by `fast_step_orders`."""
+        forced = [i for i in range(start, len(orders)) if orders[i] == 1]
+        free = [i for i in range(start, len(orders)) if orders[i] != 1]
+        if self.nfe is None:  # the largest budget whose split has this many steps
+            budget = max((b for b in range(1, 3 * len(free) + 1) if len(fast_step_orders(b, self.order)) == len(free)), default=0)
+        else:
+            budget = self.nfe - len(forced)
+            split = fast_step_orders(budget, self.order) if budget >= 1 else []
+            if len(split) != len(free):
+                need = "no grid" if budget < 1 else f"a grid of {len(split) + len(forced)} steps"
+                raise ValueError(
+                    f"{self.name} with nfe={self.nfe} needs {need} here ({len(forced)} first-order step(s) at an end "
+                    f"with alpha = 0 or sigma = 0, then orders {split}); got {len(orders) - start} steps. "
+                    f"Build the grid with num_steps=solver.num_steps_for(nfe, first_order_steps={len(forced)})"
+                )
+        for i, order in zip(free, fast_step_orders(budget, self.order) if free else []):
+            orders[i] = order
         return orders
 
     def plan(self, ts: Tensor, path: NoisePath, start: int = 0) -> list[StepPlan]:
@@ -243,7 +289,7 @@ class Solver:
         if order == 1:  # DDIM / first-order DPM-Solver++
             h = lams[i + 1] - lams[i]
             return StepPlan(ts[i], ts[i + 1], 1, sigma_n / sigma, -alpha_n * _phi1(h), torch.ones_like(h).reshape(1))
-        if self.name == "heun":
+        if self.heun:
             return self._heun_step(i, ts, alphas, sigmas)
         h = lams[i + 1] - lams[i]
         phi1 = _phi1(h)
@@ -273,13 +319,18 @@ class Solver:
         return StepPlan(ts[i], ts[i + 1], 3, sigma_n / sigma, d_coef, m_coefs / d_coef, stages=[stage1, stage2])
 
     def _heun_step(self, i, ts, alphas, sigmas) -> StepPlan:
-        """Heun's method (as in EDM Alg. 1) on the ODE in rectified-flow coordinates.
+        """Heun's method (EDM Alg. 1, no churn): an Euler (= DDIM) stage, then the trapezoidal rule.
 
-        It integrates y = x/(alpha+sigma) over rho = sigma/(alpha+sigma), not over the VE sigma
-        as EDM and k-diffusion's `sample_heun` do: the same trapezoidal rule in other
-        coordinates (on a flow path the two coincide up to the time variable).
+        "edm": y = x/alpha over rho = sigma/alpha (VE coordinates), as EDM and k-diffusion's
+        `sample_heun`; "flow": y = x/(alpha+sigma) over rho = sigma/(alpha+sigma). With the
+        Euler stage D1 = x0_hat(x) and D2 = x0_hat at the stage, both give
+        y' = (rho'/rho) y + (1 - rho'/rho) ((2 rho' - rho) D1 + rho D2) / (2 rho').
+        A step to sigma = 0 is Euler (first order, planned before this is called).
         """
-        scale, scale_n = alphas[i] + sigmas[i], alphas[i + 1] + sigmas[i + 1]
+        if self.heun == "edm":
+            scale, scale_n = alphas[i], alphas[i + 1]
+        else:
+            scale, scale_n = alphas[i] + sigmas[i], alphas[i + 1] + sigmas[i + 1]
         rho, rho_n = sigmas[i] / scale, sigmas[i + 1] / scale_n
         d_rho = rho_n - rho
         x_coef = sigmas[i + 1] / sigmas[i]
@@ -303,9 +354,41 @@ _SOLVER_SPECS: dict[str, dict] = {
     "sde_dpmpp_3m": dict(kind="multistep", order=3, stochastic=True, summary="SDE-DPM-Solver++(3M) as in diffusers"),
     "dpmpp_2s": dict(kind="singlestep", order=2, summary="DPM-Solver++(2S), 2 evaluations per step"),
     "dpmpp_3s": dict(kind="singlestep", order=3, summary="DPM-Solver++(3S), 3 evaluations per step"),
-    "heun": dict(kind="singlestep", order=2, summary="Heun's 2nd-order rule in flow coordinates, 2 evaluations per step"),
+    "dpmpp_fast": dict(
+        kind="singlestep", order=3, fast=True,
+        summary="DPM-Solver-fast: an NFE budget split into 3S/2S/1 steps (the reference's singlestep method)",
+    ),
+    "heun_edm": dict(
+        kind="singlestep", order=2, heun="edm",
+        summary="Heun (EDM Alg. 1) in VE coordinates, as k-diffusion's sample_heun; 2 evaluations per step",
+    ),
+    "heun_flow": dict(
+        kind="singlestep", order=2, heun="flow",
+        summary="Heun's 2nd-order rule in rectified-flow coordinates, 2 evaluations per step",
+    ),
 }
 _ALIASES = {"euler": "ddim", "dpmpp_1": "ddim", "dpmpp_2m_sde": "sde_dpmpp_2m"}
+#: old names that still work, with a FutureWarning naming the new one
+_DEPRECATED = {"heun": "heun_flow"}
+
+
+def fast_step_orders(nfe: int, order: int = 3) -> list[int]:
+    """Per-step orders of DPM-Solver-fast (Lu et al. 2022) for a budget of `nfe` evaluations.
+
+    Order 3: as many 3rd-order steps as fit, the remainder spent on one 2nd- and/or 1st-order
+    step: nfe = 3q -> [3] * (q - 1) + [2, 1]; 3q + 1 -> [3] * q + [1]; 3q + 2 -> [3] * q + [2].
+    Order 2: [2] * (nfe // 2), plus [1] when nfe is odd. Order 1: [1] * nfe. sum(...) == nfe.
+    """
+    if nfe < 1:
+        raise ValueError(f"an NFE budget must be at least 1, got {nfe}")
+    if order == 1:
+        return [1] * nfe
+    if order == 2:
+        return [2] * (nfe // 2) + [1] * (nfe % 2)
+    if order == 3:
+        q, r = divmod(nfe, 3)
+        return [3] * (q - 1) + [2, 1] if r == 0 else [3] * q + [r]
+    raise ValueError(f"order must be 1, 2 or 3, got {order}")
 
 
 def available_solvers(kind: str | None = None, stochastic: bool | None = None) -> list[str]:
@@ -324,6 +407,14 @@ def available_solvers(kind: str | None = None, stochastic: bool | None = None) -
 
 def get_solver(name: str, **options) -> Solver:
     """A `Solver` by name; options: lower_order_final, euler_at_final, thresholding, ..."""
+    if name in _DEPRECATED:
+        import warnings
+
+        warnings.warn(
+            f"solver {name!r} is deprecated: it is now called {_DEPRECATED[name]!r} (Heun in rectified-flow "
+            f"coordinates); 'heun_edm' is EDM's / k-diffusion's Heun", FutureWarning, stacklevel=2,
+        )
+        name = _DEPRECATED[name]
     key = _ALIASES.get(name, name)
     if key not in _SOLVER_SPECS:
         valid = available_solvers() + sorted(_ALIASES)

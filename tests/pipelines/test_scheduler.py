@@ -91,7 +91,7 @@ def test_bad_input_errors():
     with pytest.raises(ValueError, match="valid:.*dpmpp_2m"):
         FewStepScheduler(solver="unipc")
     with pytest.raises(ValueError, match="fewstep.samplers.sample"):
-        FewStepScheduler(solver="heun")
+        FewStepScheduler(solver="heun_edm")
     with pytest.raises(ValueError, match="valid:.*karras"):
         FewStepScheduler(schedule="cosine")
     with pytest.raises(ValueError, match="contradicts"):

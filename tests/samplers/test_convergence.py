@@ -34,7 +34,8 @@ def observed_order(problem, solver_name: str) -> float:
 # Tolerance: +-0.35 around the theoretical order at 40 -> 80 steps.
 @pytest.mark.parametrize(
     "solver_name, order",
-    [("ddim", 1), ("dpmpp_2m", 2), ("dpmpp_2s", 2), ("heun", 2), ("dpmpp_3s", 3), ("dpmpp_3m_o3", 3)],
+    [("ddim", 1), ("dpmpp_2m", 2), ("dpmpp_2s", 2), ("heun_flow", 2), ("heun_edm", 2), ("dpmpp_3s", 3),
+     ("dpmpp_3m_o3", 3)],
 )
 def test_order_of_convergence(problem, solver_name, order):
     assert abs(observed_order(problem, solver_name) - order) < 0.35

@@ -180,6 +180,6 @@ def test_eval_times_are_checked():
     with pytest.raises(ValueError, match="one time per step"):
         sample(denoiser, x, ts, "dpmpp_2m", eval_ts=ts)
     with pytest.raises(ValueError, match="multistep"):
-        sample(denoiser, x, ts, "heun", eval_ts=ts[:-1])
+        sample(denoiser, x, ts, "heun_flow", eval_ts=ts[:-1])
     with pytest.raises(ValueError, match=r"\(0, 1\]"):
         sample(denoiser, x, ts, "dpmpp_2m", eval_ts=torch.tensor([1.0, 0.5, float("nan")], dtype=torch.float64))

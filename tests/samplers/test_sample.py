@@ -12,7 +12,7 @@ FLOW = RectifiedFlowPath()
 
 
 @pytest.mark.parametrize("name, nfe_per_step", [("ddim", 1), ("dpmpp_2m", 1), ("dpmpp_3m", 1), ("sde_dpmpp_2m", 1),
-                                                ("dpmpp_2s", 2), ("dpmpp_3s", 3), ("heun", 2)])
+                                                ("dpmpp_2s", 2), ("dpmpp_3s", 3), ("heun_flow", 2), ("heun_edm", 2)])
 def test_nfe_count_and_callbacks(name, nfe_per_step):
     denoiser = GaussianMixture.random(2, 4, seed=0).denoiser(FLOW)
     seen = []
@@ -135,3 +135,9 @@ def test_bad_input_messages():
         sample(nan_model, torch.randn(1, 2), get_schedule("uniform", FLOW, 2), "ddim")
     with pytest.raises(ValueError, match="flow_prediction"):
         Denoiser(lambda x, t: x, FLOW, "epsilon")
+
+
+def test_heun_is_a_deprecated_alias_of_heun_flow():
+    with pytest.warns(FutureWarning, match="'heun_flow'.*'heun_edm'"):
+        solver = get_solver("heun")
+    assert solver.name == "heun_flow" and solver.heun == "flow"
