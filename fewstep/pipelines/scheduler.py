@@ -3,7 +3,8 @@
     pipe.scheduler = FewStepScheduler.from_config(pipe.scheduler.config, solver="dpmpp_2m", schedule="logsnr")
 
 `from_config` inherits the pipeline's training schedule (betas or flow), prediction type and
-flow shift from DDPM / DDIM / PNDM / Euler / DPMSolverMultistep / FlowMatchEuler configs.
+flow shift from DDPM / DDIM / PNDM / Euler / DPMSolverMultistep / UniPCMultistep / FlowMatchEuler
+configs (UniPC's solver_order and solver_type choose the unipc_* solver).
 Only one-evaluation-per-step (multistep) solvers are offered here; singlestep solvers and
 learned coefficients run in `fewstep.samplers.sample`. Options of the source config that
 fewstep cannot honour (noise-prediction DPM-Solver, beta sigmas) are refused with a message,
@@ -29,6 +30,7 @@ from ..samplers.paths import DiscreteVPPath, NoisePath, RectifiedFlowPath
 from ..samplers.schedules import SCHEDULES, apply_time_shift, available_schedules, get_schedule, validate_grid
 from ..samplers.solvers import available_solvers, get_solver
 from ..samplers.spec import SamplerSpec
+from ..samplers.unipc import unipc_name
 from ..samplers.update import MultistepState, StepUpdate
 
 _FLOW_CLASS_PREFIXES = ("FlowMatch",)
@@ -44,6 +46,7 @@ class _StepTable:
     alpha: float  # at the model's evaluation time (reads the model output as x0)
     sigma: float
     update: StepUpdate
+    corrector: StepUpdate | None = None  # UniC: applied to prev_sample at the next step(), once its output is known
 
 
 def scheduler_solvers() -> list[str]:
@@ -56,7 +59,12 @@ class FewStepScheduler(SchedulerMixin, ConfigMixin):
 
     Args:
         solver: one of `scheduler_solvers()` ("ddim", "dpmpp_2m", "dpmpp_3m", "dpmpp_3m_o3",
-            "sde_dpmpp_1", "sde_dpmpp_2m", "sde_dpmpp_3m").
+            "sde_dpmpp_1", "sde_dpmpp_2m", "sde_dpmpp_3m", and UniPC: "unipc_bh1", "unipc_bh2"
+            (order 2), "unipc_bh1_1", "unipc_bh2_1", "unipc_bh1_3", "unipc_bh2_3" (orders 1, 3)).
+            UniPC (Zhao et al. 2023) = UniP-p predictor + UniC-p corrector: after each step the
+            state is corrected with the model output of the next `step()` call (no extra model
+            call), as UniPCMultistepScheduler does; its `lower_order_final` lowers the last
+            steps' orders at any step count.
         solver_type: "midpoint" or "heun": how DPM-Solver++(2M) weights its first difference
             (diffusers' `solver_type`).
         schedule: grid name ("uniform", "logsnr", "karras", "quadratic", "flow_shift", "exponential").
@@ -85,6 +93,8 @@ class FewStepScheduler(SchedulerMixin, ConfigMixin):
         spec: a sampler spec file (BOSS grid, LSD coefficients, ...): its solver, grid and
             coefficients replace `solver` / `schedule`; `num_inference_steps` must match it.
             `save_pretrained` copies the file next to scheduler_config.json.
+        disable_corrector: unipc_* solvers: step indices after which the UniC corrector is
+            skipped (UniPC's option of the same name); refused for other solvers.
     """
 
     # diffusers' compatibility list: pipelines built with any of these can swap in FewStepScheduler
@@ -132,6 +142,7 @@ class FewStepScheduler(SchedulerMixin, ConfigMixin):
         rho: float = 7.0,
         check_finite: bool = True,
         spec: str | None = None,
+        disable_corrector: list[int] | None = None,
     ):
         self.sampler_spec = self._load_spec(spec) if spec else None
         if self.sampler_spec is not None:
@@ -163,6 +174,7 @@ class FewStepScheduler(SchedulerMixin, ConfigMixin):
             thresholding=thresholding,
             threshold_quantile=dynamic_thresholding_ratio,
             sample_max_value=sample_max_value,
+            **self._corrector_options(solver, disable_corrector),
         )
         self.num_inference_steps: int | None = None
         self.timesteps = torch.zeros(0)
@@ -171,11 +183,23 @@ class FewStepScheduler(SchedulerMixin, ConfigMixin):
         self._table: list[_StepTable] = []
         self._table_start = 0
         self._grid: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor] | None = None
-        self._state = MultistepState(self.solver.order)
+        self._state = MultistepState(self.solver.history_size)
         self._step_index: int | None = None
         self._begin_index: int | None = None
 
     # ------------------------------------------------------------------ configuration
+
+    @staticmethod
+    def _corrector_options(solver: str, disable_corrector: list[int] | None) -> dict[str, Any]:
+        """`disable_corrector` (UniPC's option) for the unipc_* solvers; refused for solvers without a corrector."""
+        if not disable_corrector:
+            return {}
+        if not solver.startswith("unipc"):
+            raise ValueError(
+                f"disable_corrector={list(disable_corrector)} needs a solver with the UniC corrector "
+                f"({[name for name in scheduler_solvers() if name.startswith('unipc')]}), not {solver!r}"
+            )
+        return {"disable_corrector": tuple(int(i) for i in disable_corrector)}
 
     @staticmethod
     def _load_spec(spec: str) -> SamplerSpec:
@@ -394,6 +418,7 @@ class FewStepScheduler(SchedulerMixin, ConfigMixin):
                 alpha=float(eval_alphas[i]),
                 sigma=float(eval_sigmas[i]),
                 update=plan.update(None if coeffs is None else coeffs[i]).to_floats(),
+                corrector=None if plan.corrector is None else plan.corrector.to_floats(),
             )
             for i, plan in enumerate(plans)
         ]
@@ -436,7 +461,7 @@ class FewStepScheduler(SchedulerMixin, ConfigMixin):
         work = torch.promote_types(sample.dtype, torch.float32)
         x = sample.to(work)
         x0 = to_x0(model_output.to(work), x, row.alpha, row.sigma, self.config.prediction_type)
-        prev = self._state.step(row.update, x, self.solver.process_x0(x0), generator)
+        prev = self._state.step(row.update, x, self.solver.process_x0(x0), generator, corrector=row.corrector)
         self._step_index = i + 1
         prev = prev.to(model_output.dtype)
         return SchedulerOutput(prev_sample=prev) if return_dict else (prev,)
@@ -499,6 +524,9 @@ def _translate_foreign_config(config: dict[str, Any], stated: dict[str, Any], kw
         out["final"] = "t_min"
     if dpm_multistep and "solver" not in stated and "solver" not in kwargs:
         out["solver"] = _dpm_solver_name(stated)
+    unipc = class_name == "UniPCMultistepScheduler" or (not class_name and "predict_x0" in config and "solver_order" in config)
+    if unipc and "solver" not in stated and "solver" not in kwargs:
+        out["solver"] = _unipc_solver_name(stated)
     if stated.get("solver_type") not in (None, "midpoint", "heun"):
         out["solver_type"] = "midpoint"  # UniPC's "bh2", DEIS's "logrho": other methods' variants
     return out
@@ -535,6 +563,24 @@ def _dpm_solver_name(stated: dict[str, Any]) -> str:
     if order not in names[algorithm]:
         raise ValueError(f"solver_order={order} is not supported; valid: 1, 2, 3")
     return names[algorithm][order]
+
+
+def _unipc_solver_name(stated: dict[str, Any]) -> str:
+    """UniPCMultistepScheduler's solver_order + solver_type (bh1 / bh2) -> a fewstep unipc_* solver name."""
+    order = int(stated.get("solver_order", 2))
+    variant = stated.get("solver_type", "bh2")
+    variant = variant if variant in ("bh1", "bh2") else "bh2"  # diffusers maps other solver_types to bh2
+    if not stated.get("predict_x0", True):
+        raise ValueError(
+            "predict_x0=False (UniPC on the noise prediction) is not implemented by FewStepScheduler, which runs "
+            "UniPC on the data prediction (diffusers' default predict_x0=True): drop predict_x0, pass "
+            f"solver='{unipc_name(variant, order if order in (1, 2, 3) else 2)}' to use it, or keep UniPCMultistepScheduler"
+        )
+    if stated.get("solver_p") is not None:
+        raise ValueError("solver_p (another scheduler as UniPC's predictor) is not supported; pass solver='unipc_bh2' or similar")
+    if order not in (1, 2, 3):
+        raise ValueError(f"solver_order={order} is not supported for UniPC; valid: 1, 2, 3")
+    return unipc_name(variant, order)
 
 
 def _reject_contradicting_prediction_type(stated: dict, translated: dict, kwargs: dict) -> None:

@@ -14,12 +14,13 @@ from .paths import ContinuousVPPath, DiscreteVPPath, NoisePath, RectifiedFlowPat
 from .sampling import SampleOutput, StepInfo, reference_solution, sample
 from .schedules import available_schedules, get_schedule, validate_grid
 from .solvers import Solver, StepPlan, available_solvers, get_solver
+from .unipc import UniPCSolver  # registers the unipc_* solvers
 from .update import MultistepState, StepUpdate, apply_update
 
 __all__ = [
     "CFGDenoiser", "ContinuousVPPath", "Denoiser", "DenoiserLike", "DiscreteVPPath", "GaussianMixture",
     "MixtureDenoiser", "MixtureModel", "MultistepState", "NoisePath", "PREDICTION_TYPES", "RectifiedFlowPath", "SampleOutput",
-    "Solver", "StepInfo", "StepPlan", "StepUpdate", "ThresholdedDenoiser", "apply_update", "available_schedules",
+    "Solver", "StepInfo", "StepPlan", "StepUpdate", "ThresholdedDenoiser", "UniPCSolver", "apply_update", "available_schedules",
     "available_solvers", "dynamic_threshold", "from_x0_eps", "get_schedule", "get_solver", "path_from_config", "reference_solution",
     "sample", "to_x0", "to_x0_eps", "validate_grid",
 ]

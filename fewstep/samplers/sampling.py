@@ -73,7 +73,7 @@ def sample(
         nfe += 1
         return solver.process_x0(denoiser(x_in, t, **cond).to(x_in.dtype))
 
-    state = MultistepState(solver.order)
+    state = MultistepState(solver.history_size)
     steps = range(len(plans))
     if progress:
         from tqdm.auto import tqdm
@@ -89,7 +89,7 @@ def sample(
                 ms.append(denoise(combine(stage.x_coef, x, stage.m_coefs, ms), stage.t))
             x = apply_update(update, x, ms, generator)
         else:
-            x = state.step(update, x, x0_hat, generator)
+            x = state.step(update, x, x0_hat, generator, corrector=plan.corrector)
         if callback is not None:
             callback(StepInfo(i, float(plan.t), float(plan.t_next), x, x0_hat, nfe))
     return SampleOutput(x.to(out_dtype), nfe)

@@ -57,6 +57,8 @@ class StepPlan:
     weights: Tensor  # [order]; analytic weights sum to 1
     noise_coef: Tensor | None = None
     stages: list[Stage] = field(default_factory=list)
+    #: applied to x' once x0_hat(x') is known, before the next step (UniC, `unipc.py`); None: no corrector
+    corrector: StepUpdate | None = None
 
     @property
     def nfe(self) -> int:
@@ -162,6 +164,11 @@ class Solver:
     def evals_per_step(self) -> int:
         """Model evaluations per (non-final) step."""
         return 1 if self.kind == "multistep" else (2 if self.heun else self.order)
+
+    @property
+    def history_size(self) -> int:
+        """x0_hat evaluations a multistep state keeps (the order; one more with a corrector)."""
+        return self.order
 
     def process_x0(self, x0: Tensor) -> Tensor:
         """Apply the x0_hat options (dynamic thresholding) to a denoiser output."""
@@ -419,7 +426,15 @@ def get_solver(name: str, **options) -> Solver:
     if key not in _SOLVER_SPECS:
         valid = available_solvers() + sorted(_ALIASES)
         raise ValueError(f"unknown solver {name!r}; valid: {valid}")
-    return Solver(name=key, **_SOLVER_SPECS[key], **options)
+    spec = dict(_SOLVER_SPECS[key])
+    cls = spec.pop("cls", Solver)  # a registered subclass (UniPC: unipc.py)
+    if "corrector" in options and not hasattr(cls, "corrector"):
+        with_corrector = [n for n, s in _SOLVER_SPECS.items() if hasattr(s.get("cls", Solver), "corrector")]
+        raise ValueError(
+            f"solver {key!r} takes no corrector: the UniC corrector follows a multistep UniP predictor; valid "
+            f"combinations: {with_corrector} with corrector=True (default) or False"
+        )
+    return cls(name=key, **spec, **options)
 
 
 StepCallback = Callable[..., None]

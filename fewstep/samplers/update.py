@@ -60,17 +60,36 @@ def apply_update(update: StepUpdate, x: Tensor, ms: Sequence[Tensor], generator:
 
 
 class MultistepState:
-    """A multistep solver's explicit state: its newest-first x0_hat history (at most `order` entries)."""
+    """A multistep solver's explicit state: its newest-first x0_hat history (at most `order` entries)
+    and the corrector still to be applied to the current point (UniC), if any.
+
+    `order` is the history length kept (`Solver.history_size`: one more than the solver's order
+    when a corrector reads the new evaluation beside the predictor's p).
+    """
 
     def __init__(self, order: int) -> None:
         self.order = order
         self.history: list[Tensor] = []
+        self.pending: StepUpdate | None = None
 
     def reset(self) -> None:
-        """Forget the history (a new grid, or a start mid-schedule)."""
+        """Forget the history and any pending correction (a new grid, or a start mid-schedule)."""
         self.history = []
+        self.pending = None
 
-    def step(self, update: StepUpdate, x: Tensor, x0_hat: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Push x0_hat into the history and take the step: the one multistep update of fewstep."""
+    def step(
+        self, update: StepUpdate, x: Tensor, x0_hat: Tensor, generator: torch.Generator | None = None,
+        corrector: StepUpdate | None = None,
+    ) -> Tensor:
+        """Push x0_hat into the history and take the step: the one multistep update of fewstep.
+
+        x0_hat is the model's prediction at x. If the previous step left a corrector, x is first
+        corrected with it (x <- x + its terms on the history, x0_hat included: no extra model
+        call), then `update` steps from the corrected point. `corrector` is this step's own
+        correction, kept until the next call brings x0_hat at the new point.
+        """
         self.history = [x0_hat] + self.history[: self.order - 1]
+        if self.pending is not None:
+            x = apply_update(self.pending, x, self.history)
+        self.pending = corrector
         return apply_update(update, x, self.history, generator)

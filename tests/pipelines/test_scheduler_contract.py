@@ -280,5 +280,6 @@ def test_learned_variance_channels_are_dropped():
 
 
 def test_unipc_solver_type_is_not_inherited():
+    """UniPC's bh1 / bh2 choose the unipc_* solver; solver_type stays DPM-Solver++(2M)'s option."""
     mine = FewStepScheduler.from_config(UniPCMultistepScheduler(solver_type="bh1").config)
-    assert mine.config.solver_type == "midpoint"
+    assert mine.config.solver_type == "midpoint" and mine.config.solver == "unipc_bh1"

@@ -52,7 +52,7 @@ def test_scheduler_loop_equals_sample(solver, setup, dtype):
     torch.testing.assert_close(got, expected, **TOLERANCE[dtype])
 
 
-@pytest.mark.parametrize("solver", ["dpmpp_3m", "sde_dpmpp_2m"])
+@pytest.mark.parametrize("solver", ["dpmpp_3m", "sde_dpmpp_2m", "unipc_bh2_3"])
 def test_mid_schedule_start_equals_sample_on_the_rest_of_the_grid(solver):
     """img2img: starting at index 3, the history starts there, as sample() on the remaining grid does."""
     kwargs, steps = SETUPS["vp"]

@@ -68,7 +68,8 @@ def test_registry_filters_give_the_command_choices():
     multistep = available_solvers(kind="multistep")
     assert multistep == [s for s in everything if get_solver(s).kind == "multistep"]
     assert available_solvers(kind="singlestep") == [s for s in everything if s not in multistep]
-    assert fittable_solvers() == ["ddim", "dpmpp_2m", "dpmpp_3m", "dpmpp_3m_o3"]
+    unipc = [f"unipc_{v}{o}" for v in ("bh1", "bh2") for o in ("", "_3", "_1")]
+    assert fittable_solvers() == ["ddim", "dpmpp_2m", "dpmpp_3m", "dpmpp_3m_o3"] + unipc
     assert available_solvers(stochastic=True) == ["sde_dpmpp_1", "sde_dpmpp_2m", "sde_dpmpp_3m"]
     with pytest.raises(ValueError, match="kind must be"):
         available_solvers(kind="sde")

@@ -1,0 +1,103 @@
+"""FewStepScheduler.from_config(UniPCMultistepScheduler config): the unipc_* solvers against diffusers itself."""
+
+import pytest
+import torch
+from diffusers import UniPCMultistepScheduler
+
+from fewstep import FewStepScheduler
+from fewstep.samplers import DiscreteVPPath, GaussianMixture
+
+SD_BETAS = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+MIXTURE = GaussianMixture.random(3, 16, std=0.4, seed=0)
+
+
+def mixture_model(ref, prediction_type):
+    model = MIXTURE.model(DiscreteVPPath(ref.alphas_cumprod.double()), prediction_type)
+    return lambda x, t: model(x.double(), t).float()
+
+
+def states(scheduler, model, num_steps, start=0, seed=1):
+    """Every prev_sample of a pipeline's loop from index `start` (img2img calls set_begin_index)."""
+    scheduler.set_timesteps(num_steps)
+    if start:
+        scheduler.set_begin_index(start)
+    x = torch.randn(8, 16, generator=torch.Generator().manual_seed(seed))
+    out = []
+    for t in scheduler.timesteps[start:]:
+        x = scheduler.step(model(x, t), t, x).prev_sample
+        out.append(x)
+    return out
+
+
+def rel_err(a, b):
+    return float((a - b).norm() / b.norm())
+
+
+@pytest.mark.parametrize("variant", ["bh1", "bh2"])
+@pytest.mark.parametrize("order", [1, 2, 3])
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("karras", [False, True])
+def test_unipc_matches_diffusers(variant, order, prediction_type, karras):
+    """Every intermediate state within 1e-5 relative (measured: <= 1.1e-6).
+
+    diffusers' bh1 with final_sigmas_type="zero" (its default) returns NaN at the last step
+    (B(h) = -h = -inf times a zero residual); fewstep returns the first-order x0_hat there.
+    """
+    ref = UniPCMultistepScheduler(
+        **SD_BETAS, solver_order=order, solver_type=variant, prediction_type=prediction_type, use_karras_sigmas=karras
+    )
+    mine = FewStepScheduler.from_config(ref.config)
+    assert mine.config.solver == {1: f"unipc_{variant}_1", 2: f"unipc_{variant}", 3: f"unipc_{variant}_3"}[order]
+    model = mixture_model(ref, prediction_type)
+    expected, got = states(ref, model, 8), states(mine, model, 8)
+    assert torch.equal(ref.timesteps, mine.timesteps)
+    for theirs, ours in zip(expected[:-1], got[:-1]):
+        assert rel_err(ours, theirs) <= 1e-5
+    if variant == "bh2":
+        assert rel_err(got[-1], expected[-1]) <= 1e-5
+    else:
+        assert torch.isnan(expected[-1]).all() and torch.isfinite(got[-1]).all()
+
+
+@pytest.mark.parametrize("variant", ["bh1", "bh2"])
+@pytest.mark.parametrize("num_steps", [6, 16])
+def test_unipc_sigma_min_final_matches_diffusers(variant, num_steps):
+    """final_sigmas_type="sigma_min" on the uniform grid: the whole run, bh1 included; 16 steps
+    checks that the orders are lowered at the end at any step count, as diffusers' UniPC does."""
+    ref = UniPCMultistepScheduler(**SD_BETAS, solver_order=3, solver_type=variant, final_sigmas_type="sigma_min")
+    mine = FewStepScheduler.from_config(ref.config)
+    assert mine.config.final == "t_min"
+    model = mixture_model(ref, "epsilon")
+    assert rel_err(states(mine, model, num_steps)[-1], states(ref, model, num_steps)[-1]) <= 1e-5
+
+
+@pytest.mark.parametrize("order", [2, 3])
+@pytest.mark.parametrize("start", [1, 3])
+def test_unipc_mid_schedule_start_matches_diffusers(order, start):
+    """img2img: no history and no corrector before the start, exactly as UniPCMultistepScheduler."""
+    ref = UniPCMultistepScheduler(**SD_BETAS, solver_order=order)
+    mine = FewStepScheduler.from_config(ref.config)
+    model = mixture_model(ref, "epsilon")
+    expected = states(ref, model, 10, start=start)[-1]
+    assert rel_err(states(mine, model, 10, start=start)[-1], expected) <= 1e-5
+    assert rel_err(states(mine, model, 10)[-1], states(ref, model, 10)[-1]) <= 1e-5  # then a full run again
+
+
+def test_disable_corrector_and_lower_order_final_are_inherited():
+    ref = UniPCMultistepScheduler(**SD_BETAS, solver_order=3, disable_corrector=[0, 1, 4], lower_order_final=False,
+                                  final_sigmas_type="sigma_min")
+    mine = FewStepScheduler.from_config(ref.config)
+    assert list(mine.config.disable_corrector) == [0, 1, 4] and mine.config.lower_order_final is False
+    model = mixture_model(ref, "epsilon")
+    assert rel_err(states(mine, model, 7)[-1], states(ref, model, 7)[-1]) <= 1e-5
+
+
+def test_unipc_options_that_fewstep_cannot_honour_are_refused():
+    with pytest.raises(ValueError, match="predict_x0=False"):
+        FewStepScheduler.from_config(UniPCMultistepScheduler(predict_x0=False).config)
+    # an explicit solver replaces UniPC's noise-prediction variant
+    assert FewStepScheduler.from_config(UniPCMultistepScheduler(predict_x0=False).config, solver="unipc_bh2").solver.order == 2
+    with pytest.raises(ValueError, match="solver_order=4"):
+        FewStepScheduler.from_config(UniPCMultistepScheduler(solver_order=4).config)
+    with pytest.raises(ValueError, match="disable_corrector.*UniC corrector"):
+        FewStepScheduler(solver="dpmpp_2m", disable_corrector=[1])
