@@ -17,7 +17,7 @@ REFERENCE = {"flow": ("dpmpp_3m", "uniform"), "vp": ("dpmpp_3m", "logsnr")}
 def register(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "demo",
-        help="sample the shipped MNIST teachers at NFE 4/8/16, score FID and accuracy, plot",
+        help="sample the shipped MNIST teachers at NFE 4/8/16 (and their shipped learned grids), score FID and accuracy, plot",
         description="Load the shipped class-conditional MNIST teachers (flow and VP), sample the same noise "
         "with several solvers and grids at a few NFEs plus a many-step reference (--reference-steps), score FID on the `mnist` "
         "classifier features against the embedded MNIST set and the share of samples classified as their "
@@ -44,11 +44,41 @@ def _teacher_dir(name: str) -> Path:
     return candidate if candidate.exists() else assets_dir() / "teachers" / name
 
 
-def _runs(kind: str, nfes: list[int], reference_steps: int) -> list[tuple[str, str, str, int]]:
-    """The reference run first (its samples are the target of the paired error), then every config x NFE."""
+def _runs(teacher_name: str, kind: str, nfes: list[int], reference_steps: int) -> list[tuple[str, int, dict]]:
+    """(label, steps, how to sample) per run: the reference first (its samples are the target of the paired
+    error), then every config x NFE, then the shipped learned spec of this teacher at each NFE it exists for."""
     solver, schedule = REFERENCE[kind]
-    reference = [(f"DPM-Solver++(3M), {reference_steps} steps", solver, schedule, reference_steps)]
-    return reference + [(label, solver, schedule, nfe) for label, solver, schedule in CONFIGS[kind] for nfe in nfes]
+    runs = [(f"DPM-Solver++(3M), {reference_steps} steps", reference_steps, {"solver": solver, "schedule": schedule})]
+    runs += [(label, nfe, {"solver": solver, "schedule": schedule}) for label, solver, schedule in CONFIGS[kind] for nfe in nfes]
+    for nfe in nfes:
+        spec = shipped_spec(teacher_name, nfe)
+        if spec is not None:
+            runs.append((LEARNED_LABEL, nfe, {"spec": spec}))
+    return runs
+
+
+#: the demo row of the learned grids shipped in assets/specs (fewstep fit-sampler, guidance 2).
+LEARNED_LABEL = "learned grid (assets/specs)"
+
+
+def shipped_spec(teacher_name: str, nfe: int) -> Path | None:
+    """assets/specs/<teacher>_nfe<N>.safetensors if it is shipped."""
+    from fewstep.io import assets_dir
+
+    path = assets_dir() / "specs" / f"{Path(teacher_name).name}_nfe{nfe}.safetensors"
+    return path if path.is_file() else None
+
+
+def _sampler_args(how: dict, teacher, steps: int) -> dict:
+    """`generate_images` keywords for a (solver, schedule) run or a spec run."""
+    from fewstep.samplers import get_schedule
+    from fewstep.samplers.spec import SamplerSpec
+
+    if "spec" in how:
+        spec = SamplerSpec.load(how["spec"])
+        spec.check_compatible(teacher.path, steps)
+        return spec.sample_args()
+    return {"ts": get_schedule(how["schedule"], teacher.path, steps), "solver": how["solver"]}
 
 
 def run(args) -> int:
@@ -59,20 +89,18 @@ def run(args) -> int:
     from fewstep.metrics.mnist import MnistScorer
     from fewstep.pipelines.loading import load_teacher
     from fewstep.pipelines.scoring import generate_images, rms_pixel_error
-    from fewstep.samplers import get_schedule
 
     if args.n < 10 or min(args.nfe) < 1:
         raise ValueError("--n must be >= 10 (one image per class) and --nfe values >= 1")
     torch.manual_seed(args.seed)
     scorer = MnistScorer(args.device)
     teachers = {name: load_teacher(_teacher_dir(name), args.device) for name in args.teachers}
-    plan = [(name, *run) for name, t in teachers.items() for run in _runs(t.path.kind, args.nfe, args.reference_steps)]
+    plan = [(name, *run) for name, t in teachers.items() for run in _runs(name, t.path.kind, args.nfe, args.reference_steps)]
     results, grids, reference = [], {}, {}
-    for name, label, solver, schedule, steps in tqdm(plan, desc="demo", unit="run"):
+    for name, label, steps, how in tqdm(plan, desc="demo", unit="run"):
         teacher = teachers[name]
-        ts = get_schedule(schedule, teacher.path, steps)
-        images, labels, nfe = generate_images(teacher, ts, solver, args.n, seed=args.seed,
-                                              guidance_scale=args.guidance_scale, device=args.device)
+        images, labels, nfe = generate_images(teacher, num_images=args.n, seed=args.seed, guidance_scale=args.guidance_scale,
+                                              device=args.device, **_sampler_args(how, teacher, steps))
         scores = scorer.score(images, labels)
         reference.setdefault(name, images)  # same noise and labels for every run of this teacher
         error = rms_pixel_error(images, reference[name])

@@ -61,6 +61,10 @@ def run(args) -> int:
         mismatch = teacher.spec_mismatch(spec.provenance)
         if mismatch:
             print(f"warning: {args.spec} may not suit {args.pipeline}: {mismatch}", file=sys.stderr)
+        fitted_scale = spec.provenance.get("guidance_scale")
+        if fitted_scale is not None and float(fitted_scale) != args.guidance_scale:
+            print(f"warning: {args.spec} was fitted with --guidance-scale {fitted_scale}; sampling with "
+                  f"{args.guidance_scale}", file=sys.stderr)
         sampler = spec.sample_args()
     else:
         solver = args.solver or "dpmpp_2m"

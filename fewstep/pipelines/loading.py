@@ -52,11 +52,32 @@ class LoadedTeacher:
             return f"it was made for another teacher's weights ({provenance.get('teacher', 'unknown')})"
         return None
 
+    def guided(self, guidance_scale: float = 1.0) -> nn.Module:
+        """The denoiser with classifier-free guidance against the null class (itself at w = 1 or if unconditional)."""
+        if guidance_scale == 1.0 or self.num_classes == 0:
+            return self.denoiser
+        return NullClassGuidance(self.denoiser, guidance_scale, self.num_classes)
+
     def class_labels(self, count: int, device: str | torch.device = "cpu") -> dict[str, Tensor]:
         """Conditioning for `count` samples: classes cycled 0..C-1, or nothing if unconditional."""
         if self.num_classes == 0:
             return {}
         return {"class_labels": torch.arange(count, device=device) % self.num_classes}
+
+
+class NullClassGuidance(nn.Module):
+    """Classifier-free guidance of a class-conditional denoiser against its null class, for any batch size."""
+
+    def __init__(self, denoiser: nn.Module, guidance_scale: float, null_label: int) -> None:
+        super().__init__()
+        self.denoiser, self.path = denoiser, denoiser.path
+        self.guidance_scale, self.null_label = float(guidance_scale), int(null_label)
+
+    def forward(self, x: Tensor, t: Tensor, class_labels: Tensor) -> Tensor:
+        from ..samplers import CFGDenoiser
+
+        null = {"class_labels": torch.full_like(class_labels, self.null_label)}
+        return CFGDenoiser(self.denoiser, self.guidance_scale, null)(x, t, class_labels=class_labels)
 
 
 def load_teacher(pipeline_dir: str | Path, device: str | torch.device = "cpu") -> LoadedTeacher:

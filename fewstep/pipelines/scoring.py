@@ -8,12 +8,10 @@ accuracy) is `fewstep.metrics.mnist.MnistScorer`.
 
 from __future__ import annotations
 
-from typing import Any
 
 import torch
 from torch import Tensor
 
-from ..samplers.denoiser import CFGDenoiser
 from ..samplers.sampling import sample
 from .loading import LoadedTeacher
 
@@ -51,10 +49,7 @@ def generate_images(
         for start in range(0, num_images, batch_size):
             sl = slice(start, start + batch_size)
             batch_cond = {k: v[sl].to(device) for k, v in cond.items()}
-            denoiser: Any = teacher.denoiser
-            if guidance_scale != 1.0 and cond:  # CFG with the null class (index num_classes)
-                null = torch.full_like(batch_cond["class_labels"], teacher.num_classes)
-                denoiser = CFGDenoiser(denoiser, guidance_scale, {"class_labels": null})
+            denoiser = teacher.guided(guidance_scale)  # CFG with the null class (index num_classes)
             out = sample(denoiser, noise[sl].to(device), ts, solver, coeffs=coeffs, eval_ts=eval_ts, **batch_cond)
             images.append(to_uint8(out.x))
             nfe = out.nfe
