@@ -68,6 +68,7 @@ def run(args) -> int:
     learned = args.learn + (" + evaluation times" if args.eval_times else "")
     print(f"{args.solver}, M={args.steps}, learned {learned} in {history.seconds:.1f} s\n  t: {grid}\n"
           f"  held-out RMS error vs the {args.teacher_steps}-step teacher: {history.heldout_before:.4g} -> "
-          f"{history.heldout_after:.4g}" + (f"\n  {history.stopped_early}" if history.stopped_early else "")
-          + f"\nwrote {args.out}")
+          f"{history.heldout_after:.4g}\n  validation loss (selects the kept sampler): {history.validation_before:.4g} -> "
+          f"{history.validation_error:.4g}" + ("" if history.improved else " (not improved: the spec is the starting point)")
+          + (f"\n  {history.stopped_early}" if history.stopped_early else "") + f"\nwrote {args.out}")
     return 0

@@ -99,7 +99,11 @@ class FitHistory:
     losses: list[float] = field(default_factory=list)
     heldout_before: float = math.nan
     heldout_after: float = math.nan
+    validation_before: float = math.nan  # of the analytic starting point (loss_fn on the held-back pairs)
     validation_error: float = math.nan  # of the kept sampler (loss_fn on the held-back pairs)
+    #: whether the kept sampler beat the starting point (on the validation pairs; without a
+    #: validation split: whether any iteration ran). False -> the spec is the unfitted start.
+    improved: bool = False
     seconds: float = 0.0
     stopped_early: str = ""
 
@@ -124,6 +128,33 @@ def teacher_outputs(
 
 def _rms(a: Tensor, b: Tensor) -> float:
     return float((a.double() - b.double()).pow(2).mean().sqrt())
+
+
+def check_time_gradient(denoiser: DenoiserLike, noise: Tensor, targets: Tensor, cond: dict[str, Tensor], what: str) -> None:
+    """Raise ValueError unless the denoiser's output depends differentiably on t (probed once at t = 0.5).
+
+    Learning a grid or evaluation times back-propagates through the model's time input; a
+    denoiser that turns t into a Python float (or detaches it) gives no gradient, and the fit
+    then wanders blindly (measured: loss 0.009 -> 1.8) while looking like it trains.
+    """
+    t = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
+    n = min(2, noise.shape[0])
+    with torch.enable_grad():
+        alpha, sigma = denoiser.path.alpha_sigma(t.detach())
+        x = alpha.to(targets) * targets[:n] + sigma.to(noise) * noise[:n]
+        out = denoiser(x, t, **{k: v[:n] for k, v in cond.items()})
+        grad = None
+        if out.requires_grad:
+            probe = torch.randn(out.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+            (grad,) = torch.autograd.grad((out.double() * probe.to(out.device)).sum(), t, allow_unused=True)
+    if grad is None or not bool(torch.isfinite(grad)) or float(grad) == 0.0:
+        found = "no gradient" if grad is None else f"a gradient of {float(grad):.3g}"
+        raise ValueError(
+            f"learning the {what} needs the denoiser's output to depend differentiably on t, but d output / d t at "
+            f"t = 0.5 has {found}: the model (or a wrapper) most likely converts t to a Python float or detaches it. "
+            f"Keep t a tensor through the model, or learn the solver weights only (learn='weights'; "
+            f"`fewstep fit-sampler --learn weights` without --eval-times)"
+        )
 
 
 def _heldout_conditioning(heldout: tuple | None, cond: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -196,6 +227,9 @@ def fit_sampler(
         return sample(denoiser, x, ts, solver_obj, coeffs=weights(ts, path), eval_ts=eval_ts, **c).x
 
     heldout_cond = _heldout_conditioning(heldout, cond)
+    learned_times = [name for name, on in (("time grid", learn in ("grid", "both")), ("evaluation times", learn_eval_times)) if on]
+    if learned_times:
+        check_time_gradient(denoiser, noise, targets, cond, " and ".join(learned_times))
 
     def evaluate() -> float:
         if heldout is None:
@@ -219,6 +253,7 @@ def fit_sampler(
             return float(loss_fn(student(val_noise, val_cond), val_targets))
 
     best_state, best_val = snapshot(), validation_error()
+    start_state, history.validation_before = best_state, (best_val if num_val else math.nan)
     last_good = best_state
     start = time.perf_counter()
     steps = range(iterations)
@@ -250,11 +285,26 @@ def fit_sampler(
                 best_state, best_val = snapshot(), error
     if history.stopped_early and num_val == 0:
         best_state = last_good
+    # "improved" means by more than round-off (1e-9 relative); otherwise return the start exactly
+    history.improved = best_val < history.validation_before * (1 - 1e-9) if num_val else bool(history.losses)
+    if not history.improved and num_val:
+        best_state, best_val = start_state, history.validation_before
     for name, module in modules.items():
         module.load_state_dict(best_state[name])
     history.seconds = time.perf_counter() - start
     history.validation_error = best_val if num_val else math.nan
     history.heldout_after = evaluate()
+    if not history.improved:
+        import warnings
+
+        seen = (f"validation error {history.validation_before:.4g} -> best {best_val:.4g}" if num_val
+                else "no validation split and no completed iteration")
+        warnings.warn(
+            f"fit_sampler: fitting never beat the analytic starting point ({seen} over {len(history.losses)} "
+            f"iteration(s){'; ' + history.stopped_early if history.stopped_early else ''}); the returned spec is the "
+            f"unfitted {solver} on the {init_schedule} grid. Try more iterations, other learning rates, or learn "
+            f"the weights only", stacklevel=2,
+        )
     with torch.no_grad():
         ts = grid()
         coeffs = weights(ts, path)
@@ -263,6 +313,8 @@ def fit_sampler(
         "method": "learned_sampler", "learn": learn, "learn_eval_times": learn_eval_times,
         "init_schedule": init_schedule, "iterations": len(history.losses),
         "ball_radius": ball_radius, "heldout_rmse_before": history.heldout_before,
-        "heldout_rmse_after": history.heldout_after, "fit_seconds": round(history.seconds, 2),
+        "heldout_rmse_after": history.heldout_after, "validation_before": history.validation_before,
+        "validation_after": history.validation_error, "improved": history.improved,
+        "fit_seconds": round(history.seconds, 2),
     })
     return spec, history
