@@ -101,3 +101,33 @@ def test_unipc_options_that_fewstep_cannot_honour_are_refused():
         FewStepScheduler.from_config(UniPCMultistepScheduler(solver_order=4).config)
     with pytest.raises(ValueError, match="disable_corrector.*UniC corrector"):
         FewStepScheduler(solver="dpmpp_2m", disable_corrector=[1])
+
+
+def test_unipc_spec_with_learned_weights_runs_the_same_in_scheduler_and_sample(tmp_path):
+    """A spec for a unipc solver (grid + per-step predictor weights) loads into FewStepScheduler and
+    gives sample()'s result: the corrector rides along in both, on top of the learned weights."""
+    from fewstep.samplers import Denoiser, RectifiedFlowPath, get_schedule, get_solver, sample
+    from fewstep.samplers.spec import SamplerSpec
+
+    path = RectifiedFlowPath()
+    ts = get_schedule("flow_shift", path, 6, shift=3.0)
+    plans = get_solver("unipc_bh2").plan(ts, path)
+    coeffs = torch.stack([torch.cat([p.weights, p.weights.new_zeros(2 - p.order)]) for p in plans])
+    coeffs[2:5] += torch.tensor([0.05, -0.05], dtype=torch.float64)
+    file = SamplerSpec.from_grid("unipc_bh2", ts, path, coeffs=coeffs).save(tmp_path / "unipc.safetensors")
+    scheduler = FewStepScheduler(prediction_type="flow_prediction", spec=str(file))
+    scheduler.set_timesteps(6)
+    assert scheduler.solver.name == "unipc_bh2"
+    model = MIXTURE.model(path, "flow_prediction")
+    x = torch.randn(8, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    got = x
+    for i, t in enumerate(scheduler.timesteps):
+        got = scheduler.step(model(got, path.model_time(scheduler.ts[i])), t, got).prev_sample
+    spec = SamplerSpec.load(file)
+    expected = sample(Denoiser(model, path, "flow_prediction"), x, **spec.sample_args()).x
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+    analytic = sample(Denoiser(model, path, "flow_prediction"), x, ts, "unipc_bh2").x
+    assert rel_err(expected, analytic) > 1e-4  # the learned weights are used
+    with pytest.raises(ValueError, match="disable_corrector"):
+        FewStepScheduler(prediction_type="flow_prediction", spec=str(SamplerSpec.from_grid("dpmpp_2m", ts, path).save(
+            tmp_path / "dpm.safetensors")), disable_corrector=[1])
