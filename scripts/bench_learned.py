@@ -40,7 +40,7 @@ def best_diffusers(kind: str, model, noise: torch.Tensor, target: torch.Tensor, 
     results = {}
     model32 = lambda x, t: model(x.double(), t).float()  # noqa: E731
     for name, scheduler in bench.diffusers_peers(kind).items():
-        results[name] = rmse(bench.run_scheduler(scheduler, model32, noise.float(), nfe), target)
+        results[name] = rmse(bench.run_scheduler(scheduler, model32, noise.float(), bench.steps_within(scheduler, nfe))[0], target)
     name = min(results, key=results.get)
     return name.replace("diffusers ", ""), results[name]
 
