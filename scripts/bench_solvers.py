@@ -2,6 +2,7 @@
 
     python scripts/bench_solvers.py                 # everything (about 5 minutes on 2 CPU cores)
     python scripts/bench_solvers.py --part errors   # only the error-vs-NFE tables
+    python scripts/bench_solvers.py --part mnist    # shipped MNIST teachers at NFE 4/6/8 (FID, RMS to reference)
 
 Parts:
   errors  RMS error vs the exact ODE endpoint on the analytic 16-D mixture, every fewstep
@@ -9,6 +10,11 @@ Parts:
           model (MixtureModel, which sees the schedulers' own timesteps) and the same noise.
   step    FewStepScheduler.step vs DPMSolverMultistepScheduler.step, same settings (ratio).
   unet    share of sampling wall time spent outside the model for a small UNet2DModel.
+  mnist   the shipped MNIST teachers (guidance 2, as the demo): FID on the mnist features, label
+          accuracy and RMS pixel error to a 32-step DPM-Solver++(3M) run from the same noise, at
+          NFE 4/6/8, for the main solvers and the shipped learned grids (assets/specs). fewstep's
+          dpmpp_2m/3m and unipc rows equal diffusers' DPMSolverMultistep / UniPCMultistep on the
+          same grid (parity tests), so they stand for those schedulers too.
 """
 
 from __future__ import annotations
@@ -160,9 +166,63 @@ def unet_overhead(device: str) -> str:
     return f"UNet2DModel {params:.2f}M parameters, batch 16 x 3 x 32 x 32, device {device}\n\n" + "\n".join(lines)
 
 
+MNIST_NFES = [4, 6, 8]
+MNIST_SAMPLERS = [  # (label, solver, schedule); "spec" = the shipped learned grid of that NFE
+    ("Euler / DDIM, uniform", "ddim", "uniform"),
+    ("DPM-Solver++(2M), uniform", "dpmpp_2m", "uniform"),
+    ("DPM-Solver++(2M), logSNR", "dpmpp_2m", "logsnr"),
+    ("DPM-Solver++(3M), uniform", "dpmpp_3m", "uniform"),
+    ("UniPC bh2 (order 2), uniform", "unipc_bh2", "uniform"),
+    ("UniPC bh2 (order 2), logSNR", "unipc_bh2", "logsnr"),
+    ("DPM-Solver-fast, logSNR", "dpmpp_fast", "logsnr"),
+    ("learned grid (assets/specs), 2M", None, "spec"),
+]
+
+
+def mnist_part(num_images: int, guidance_scale: float = 2.0) -> str:
+    """FID / accuracy / RMS-to-reference of the main samplers on the shipped MNIST teachers."""
+    from fewstep.io import assets_dir
+    from fewstep.metrics.mnist import MnistScorer
+    from fewstep.pipelines.loading import load_teacher
+    from fewstep.pipelines.scoring import generate_images, rms_pixel_error
+    from fewstep.samplers import get_schedule, get_solver
+    from fewstep.samplers.spec import SamplerSpec
+
+    scorer, lines = MnistScorer(), []
+    for name in ["mnist_flow", "mnist_vp"]:
+        teacher = load_teacher(assets_dir() / "teachers" / name)
+        run = lambda **sampler: generate_images(teacher, num_images=num_images, seed=1,  # noqa: E731
+                                                guidance_scale=guidance_scale, **sampler)
+        reference, labels, _ = run(ts=get_schedule("logsnr" if teacher.path.kind == "vp" else "uniform", teacher.path, 32),
+                                   solver="dpmpp_3m")
+        ref = scorer.score(reference, labels)
+        lines += [f"\n#### {name} (guidance {guidance_scale}): FID_{num_images} / accuracy / RMS pixel error to the "
+                  f"32-step DPM-Solver++(3M) run from the same noise (reference: FID {ref.fid:.2f}, "
+                  f"{100 * ref.accuracy:.1f}%)\n",
+                  "| sampler | " + " | ".join(f"NFE {n}" for n in MNIST_NFES) + " |", "|---|" + "---|" * len(MNIST_NFES)]
+        for label, solver, schedule in MNIST_SAMPLERS:
+            cells = []
+            for nfe in MNIST_NFES:
+                if schedule == "spec":
+                    sampler = SamplerSpec.load(assets_dir() / "specs" / f"{name}_nfe{nfe}.safetensors").sample_args()
+                elif solver == "dpmpp_fast":  # splits the NFE budget into 3S/2S/1 steps on a grid of its own size
+                    fast = get_solver(solver, nfe=nfe)
+                    forced = 1 + int(teacher.path.kind == "flow")  # first order to t = 0, and from alpha = 0 on a flow
+                    sampler = {"ts": get_schedule(schedule, teacher.path, fast.num_steps_for(nfe, forced)), "solver": fast}
+                else:
+                    sampler = {"ts": get_schedule(schedule, teacher.path, nfe), "solver": solver}
+                images, _, used = run(**sampler)
+                scores = scorer.score(images, labels)
+                cells.append(f"{scores.fid:.2f} / {100 * scores.accuracy:.0f}% / {rms_pixel_error(images, reference):.3f}"
+                             + (f" ({used})" if used != nfe else ""))
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=["errors", "step", "unet", "all"], default="all")
+    parser.add_argument("--part", choices=["errors", "step", "unet", "mnist", "all"], default="all")
+    parser.add_argument("--images", type=int, default=300, help="images per MNIST run (--part mnist)")
     parser.add_argument("--samples", type=int, default=256)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
@@ -176,6 +236,8 @@ def main() -> None:
     if args.part in ("unet", "all"):
         print("\n#### Time outside the model\n")
         print(unet_overhead(args.device))
+    if args.part in ("mnist", "all"):
+        print(mnist_part(args.images))
 
 
 if __name__ == "__main__":
