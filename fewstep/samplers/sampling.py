@@ -27,7 +27,11 @@ class SampleOutput(NamedTuple):
 
 @dataclass
 class StepInfo:
-    """What a callback sees after step i: x is the new state at t_next, x0_hat the step's first prediction."""
+    """What a callback sees after step i: x is the new state at t_next, x0_hat the step's first prediction.
+
+    With a corrector (UniPC), x is the predictor's state; the corrector replaces it at the next
+    step, once x0_hat there is known (diffusers' prev_sample is the same uncorrected state).
+    """
 
     i: int
     t: float

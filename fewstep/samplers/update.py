@@ -9,6 +9,10 @@ singlestep solver's stages). `StepPlan.update()` gives the coefficients as float
 (differentiable: `sample()` learns grids and weights through them); `StepUpdate.to_floats()`
 turns them into Python floats, which `FewStepScheduler` precomputes once per grid because a
 float scale fuses into one multiply-add per term (diffusers' schedulers do the same).
+
+A step may carry a corrector (UniC, `unipc.py`): another update of the same form, applied to
+the new state by `MultistepState.step` at the next step, once x0_hat at that state is known —
+so the correction costs no model call and both callers run it from the same code.
 """
 
 from __future__ import annotations

@@ -16,12 +16,12 @@ def mixture_model(ref, prediction_type):
     return lambda x, t: model(x.double(), t).float()
 
 
-def states(scheduler, model, num_steps, start=0, seed=1):
+def states(scheduler, model, num_steps, start=0, seed=1, shape=(8, 16)):
     """Every prev_sample of a pipeline's loop from index `start` (img2img calls set_begin_index)."""
     scheduler.set_timesteps(num_steps)
     if start:
         scheduler.set_begin_index(start)
-    x = torch.randn(8, 16, generator=torch.Generator().manual_seed(seed))
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
     out = []
     for t in scheduler.timesteps[start:]:
         x = scheduler.step(model(x, t), t, x).prev_sample
@@ -131,3 +131,18 @@ def test_unipc_spec_with_learned_weights_runs_the_same_in_scheduler_and_sample(t
     with pytest.raises(ValueError, match="disable_corrector"):
         FewStepScheduler(prediction_type="flow_prediction", spec=str(SamplerSpec.from_grid("dpmpp_2m", ts, path).save(
             tmp_path / "dpm.safetensors")), disable_corrector=[1])
+
+
+def test_unipc_dynamic_thresholding_matches_diffusers():
+    """Thresholded x0_hat feeds both the corrector and the predictor, as in UniPCMultistepScheduler."""
+    ref = UniPCMultistepScheduler(**SD_BETAS, solver_order=3, thresholding=True, sample_max_value=0.8)
+    mine = FewStepScheduler.from_config(ref.config)
+    assert mine.solver.thresholding and mine.config.sample_max_value == 0.8
+    flat = mixture_model(ref, "epsilon")
+    model = lambda x, t: flat(x.reshape(8, 16), t).reshape(x.shape)  # noqa: E731  (images: diffusers thresholds [B, C, ...])
+    image = (8, 1, 4, 4)
+    expected, got = states(ref, model, 9, shape=image), states(mine, model, 9, shape=image)
+    assert rel_err(got[-1], expected[-1]) <= 1e-5
+    plain = FewStepScheduler.from_config(UniPCMultistepScheduler(**SD_BETAS, solver_order=3).config)
+    unthresholded = states(plain, model, 9, shape=image)
+    assert rel_err(unthresholded[-1], expected[-1]) > 1e-3  # thresholding is active here
