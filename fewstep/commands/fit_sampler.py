@@ -32,6 +32,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--iterations", type=int, default=300)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--ball-radius", type=float, default=0.0, help="LD3 relaxation: noise perturbation scale")
+    parser.add_argument("--guidance-scale", type=float, default=1.0,
+                        help="classifier-free guidance of the teacher the sampler is fitted to (default 1: none); "
+                        "sample with the same scale")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     return parser
@@ -52,15 +55,17 @@ def run(args) -> int:
     total = args.noises + args.heldout
     noise = torch.randn((total, *teacher.sample_shape), generator=g).to(args.device)
     cond = teacher.class_labels(total, args.device)
-    targets = teacher_outputs(teacher.denoiser, noise, args.teacher_steps, batch_size=args.batch_size * 4, **cond)
+    denoiser = teacher.guided(args.guidance_scale)
+    targets = teacher_outputs(denoiser, noise, args.teacher_steps, batch_size=args.batch_size * 4, **cond)
     train, held = slice(0, args.noises), slice(args.noises, total)
     spec, history = fit_sampler(
-        teacher.denoiser, args.steps, noise[train], targets[train], solver=args.solver, learn=args.learn,
+        denoiser, args.steps, noise[train], targets[train], solver=args.solver, learn=args.learn,
         init_schedule=args.init_schedule, iterations=args.iterations, batch_size=args.batch_size,
         ball_radius=args.ball_radius, heldout=(noise[held], targets[held], {k: v[held] for k, v in cond.items()}) if args.heldout else None,
         seed=args.seed, cond={k: v[train] for k, v in cond.items()}, progress=True, learn_eval_times=args.eval_times,
     )
-    spec.provenance.update(**teacher.provenance(args.pipeline), teacher_steps=args.teacher_steps)
+    spec.provenance.update(**teacher.provenance(args.pipeline), teacher_steps=args.teacher_steps,
+                           guidance_scale=args.guidance_scale)
     spec.save(args.out)
     grid = ", ".join(f"{float(t):.3f}" for t in spec.ts)
     if spec.eval_ts is not None:
