@@ -179,7 +179,7 @@ MNIST_SAMPLERS = [  # (label, solver, schedule); "spec" = the shipped learned gr
 ]
 
 
-def mnist_part(num_images: int, guidance_scale: float = 2.0) -> str:
+def mnist_part(num_images: int, guidance_scale: float = 2.0, teachers: tuple[str, ...] = ("mnist_flow", "mnist_vp")) -> str:
     """FID / accuracy / RMS-to-reference of the main samplers on the shipped MNIST teachers."""
     from fewstep.io import assets_dir
     from fewstep.metrics.mnist import MnistScorer
@@ -189,7 +189,7 @@ def mnist_part(num_images: int, guidance_scale: float = 2.0) -> str:
     from fewstep.samplers.spec import SamplerSpec
 
     scorer, lines = MnistScorer(), []
-    for name in ["mnist_flow", "mnist_vp"]:
+    for name in teachers:
         teacher = load_teacher(assets_dir() / "teachers" / name)
         run = lambda **sampler: generate_images(teacher, num_images=num_images, seed=1,  # noqa: E731
                                                 guidance_scale=guidance_scale, **sampler)
@@ -223,6 +223,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--part", choices=["errors", "step", "unet", "mnist", "all"], default="all")
     parser.add_argument("--images", type=int, default=300, help="images per MNIST run (--part mnist)")
+    parser.add_argument("--teachers", nargs="+", default=["mnist_flow", "mnist_vp"], help="--part mnist: which teachers")
     parser.add_argument("--samples", type=int, default=256)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
@@ -237,7 +238,7 @@ def main() -> None:
         print("\n#### Time outside the model\n")
         print(unet_overhead(args.device))
     if args.part in ("mnist", "all"):
-        print(mnist_part(args.images))
+        print(mnist_part(args.images, teachers=tuple(args.teachers)))
 
 
 if __name__ == "__main__":
