@@ -17,7 +17,10 @@ def test_demo_reduced_mode(tmp_path, capsys):
                  "--guidance-scale", "1.0", "--out", str(out)])
     assert code == 0
     results = json.loads((out / "results.json").read_text())
-    assert {r["sampler"] for r in results} == {"DPM-Solver++(3M), 12 steps", "Euler, uniform", "DPM-Solver++(2M), uniform"}
+    assert {r["sampler"] for r in results} == {"DPM-Solver++(3M), 12 steps", "Euler, uniform", "DPM-Solver++(2M), uniform",
+                                               "learned grid (assets/specs)"}
+    learned = [r for r in results if r["sampler"] == "learned grid (assets/specs)"]
+    assert [(r["steps"], r["nfe"]) for r in learned] == [(6, 6)]  # a spec is shipped for NFE 6, none for NFE 2
     assert next(r for r in results if r["steps"] == 12)["nfe"] == 12
     error = {(r["sampler"], r["nfe"]): r["rms_to_reference"] for r in results}
     for sampler in ("Euler, uniform", "DPM-Solver++(2M), uniform"):  # more steps land closer to the reference
