@@ -1,6 +1,5 @@
-"""UniPC (UniP predictor + UniC corrector) in sample(): parity with diffusers on flows, order of
-convergence on the analytic mixture, corrector semantics, learned weights and bad input."""
-
+"""UniPC (UniP predictor + UniC corrector) in sample(): parity with diffusers on flows, corrector
+semantics, learned weights and bad input (its order of convergence: tests/samplers/test_convergence.py)."""
 
 import pytest
 import torch
