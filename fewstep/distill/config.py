@@ -92,8 +92,8 @@ class ObjectiveConfig:
             listed = ", ".join(valid) if valid else "none"
             raise ValueError(
                 f"{', '.join(prefix + key for key in unknown)}: not an option of objective {name!r} (its options: "
-                f"{listed}); drop it, or choose the objective that uses it (to switch a config file to another "
-                f"objective, objective={{name: {name}}} replaces the file's objective section)"
+                f"{listed}); drop it, or choose the objective that uses it (if a config file set it for another "
+                f"objective: objective={{name: {name}, ...}} replaces the file's objective section)"
             )
         return cls(name, _build(objective.Options, options, prefix))
 
