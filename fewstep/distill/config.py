@@ -33,6 +33,7 @@ class ModelConfig:
 
     type: str = "mlp"
     pretrained: str | None = None  # type=pretrained: a pipeline folder whose `unet` is loaded (EMA weights)
+    teacher: str | None = None  # distillation: the frozen teacher pipeline (default: model.pretrained)
     num_classes: int = 8
     dim: int = 2  # mlp
     width: int = 256  # mlp hidden width; masked_transformer model width
@@ -189,11 +190,14 @@ class TrainConfig:
             raise ValueError(f"objective.name={name} trains model.type={wanted}, not model.type={model_type}"
                              + ("; model.type=masked_transformer goes with objective.name=masked_diffusion"
                                 if model_type == "masked_transformer" else ""))
-        if objective.teacher_use == "required" and model_type != "pretrained":
+        has_teacher = model_type == "pretrained" or self.model.teacher is not None
+        if objective.teacher_use == "required" and not has_teacher:
             raise ValueError(f"objective.name={name} learns from a teacher: set model.type=pretrained and "
-                             "model.pretrained=PIPELINE_FOLDER (e.g. assets/teachers/mnist_flow)")
-        if objective.teacher_use == "none" and model_type == "pretrained":
-            raise ValueError(f"objective.name={name} does not start from a pretrained pipeline; use another model.type")
+                             "model.pretrained=PIPELINE_FOLDER (e.g. assets/teachers/mnist_flow), or "
+                             "model.teacher=PIPELINE_FOLDER for a student built from model.type")
+        if objective.teacher_use == "none" and has_teacher:
+            raise ValueError(f"objective.name={name} does not start from a pretrained pipeline or use a teacher; "
+                             "use another model.type and drop model.teacher")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (tuples as lists), the inverse of `config_from_dict`."""

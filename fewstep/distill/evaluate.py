@@ -41,6 +41,49 @@ def mixture_report(pipe: Any, mixture: str = "8gaussians", per_class: int = 500,
     return {"max_class_mean_error": max(errors), "mean_class_std": sum(stds) / len(stds), "steps": steps}
 
 
+def class_moments(mixture: str, k: int) -> tuple[Tensor, Tensor]:
+    """Exact mean [2] and covariance [2, 2] of class k of `mixture` (its components' weighted mixture), float64."""
+    from fewstep.data import component_labels, mixture_parameters
+
+    params, comp = mixture_parameters(mixture), component_labels(mixture)
+    members = comp == k
+    w = (params["weights"][members] / params["weights"][members].sum()).double()
+    means = params["means"][members].double()
+    covs = params["covs"][members].double() if "covs" in params else torch.diag_embed(params["stds"][members].double() ** 2)
+    mean = (w[:, None] * means).sum(0)
+    centred = means - mean
+    cov = (w[:, None, None] * (covs + centred[:, :, None] * centred[:, None, :])).sum(0)
+    return mean, cov
+
+
+def energy_distance(x: Tensor, y: Tensor) -> float:
+    """Energy distance 2 E|x - y| - E|x - x'| - E|y - y'| between samples x [N, D] and y [M, D] (V-statistic)."""
+    x, y = x.double(), y.double()
+    return float(2 * torch.cdist(x, y).mean() - torch.cdist(x, x).mean() - torch.cdist(y, y).mean())
+
+
+def mixture_sample_report(x: Tensor, labels: Tensor, mixture: str = "8gaussians", seed: int = 0) -> dict[str, float]:
+    """Per-class mean / covariance errors of samples x [N, 2] against the exact mixture, and the energy distance.
+
+    `mean_error` / `cov_error`: the mean over classes of |mean - true mean| and ||cov - true cov||_F;
+    `energy_distance`: the mean over classes of the energy distance to as many exact samples of the class.
+    """
+    from fewstep.data import sample_mixture
+
+    generator = torch.Generator().manual_seed(seed + 12345)
+    exact, exact_labels = sample_mixture(mixture, 20 * x.shape[0], generator=generator)
+    mean_errors, cov_errors, energies = [], [], []
+    for k in sorted(set(labels.tolist())):
+        rows = x[labels == k].double()
+        mean, cov = class_moments(mixture, k)
+        mean_errors.append(float(torch.linalg.norm(rows.mean(0) - mean)))
+        cov_errors.append(float(torch.linalg.norm(torch.cov(rows.T) - cov)))
+        energies.append(energy_distance(rows, exact[exact_labels == k][: rows.shape[0]]))
+    count = len(mean_errors)
+    return {"mean_error": sum(mean_errors) / count, "max_mean_error": max(mean_errors), "cov_error": sum(cov_errors) / count,
+            "energy_distance": sum(energies) / count}
+
+
 @torch.no_grad()
 def mnist_label_accuracy(images: Tensor, labels: Tensor, classifier: Any | None = None) -> float:
     """Fraction of images [N, 1, 32, 32] in [-1, 1] that the shipped MNIST classifier labels as `labels`."""

@@ -94,7 +94,8 @@ def build_dataset(cfg: DataConfig) -> Dataset:
 def build_model(cfg: ModelConfig, teacher: Teacher | None = None) -> nn.Module:
     """The network named by `model.type`, with num_classes + 1 class embeddings (null class last).
 
-    `model.type=pretrained`: a trainable copy of the teacher's network (`load_model_teacher`).
+    `model.type=pretrained`: a trainable copy of the network of `model.pretrained` (the
+    teacher's own when it is the teacher, `load_model_teacher`).
     """
     from fewstep.models import ClassConditionalMLP, small_unet
 
@@ -103,8 +104,12 @@ def build_model(cfg: ModelConfig, teacher: Teacher | None = None) -> nn.Module:
     if cfg.type == "unet":
         return small_unet(cfg.sample_size, cfg.in_channels, cfg.num_classes, cfg.block_out_channels, cfg.layers_per_block, cfg.attention)
     if cfg.type == "pretrained":
-        if teacher is None:
-            teacher = load_model_teacher(cfg)
+        if not cfg.pretrained:
+            raise ValueError("model.type=pretrained needs model.pretrained=PIPELINE_FOLDER")
+        if teacher is None or (cfg.teacher is not None and Path(cfg.teacher).resolve() != Path(cfg.pretrained).resolve()):
+            from fewstep.pipelines.loading import load_teacher
+
+            return load_teacher(cfg.pretrained).network.requires_grad_(True).train()
         return copy.deepcopy(teacher.network).requires_grad_(True).train()
     if cfg.type == "masked_transformer":
         from fewstep.models import MaskedDiffusionTransformer
@@ -115,14 +120,18 @@ def build_model(cfg: ModelConfig, teacher: Teacher | None = None) -> nn.Module:
 
 
 def load_model_teacher(cfg: ModelConfig) -> Teacher | None:
-    """The whole pretrained teacher (network, noise path, prediction type, scheduler config) for model.type=pretrained."""
-    if cfg.type != "pretrained":
+    """The whole frozen teacher (network, noise path, prediction type, scheduler config), or None.
+
+    It is `model.teacher` if set, else `model.pretrained` for model.type=pretrained.
+    """
+    source = cfg.teacher if cfg.teacher is not None else (cfg.pretrained if cfg.type == "pretrained" else None)
+    if cfg.type == "pretrained" and not cfg.pretrained:
+        raise ValueError("model.type=pretrained needs model.pretrained=PIPELINE_FOLDER")
+    if source is None:
         return None
     from fewstep.pipelines.loading import load_teacher
 
-    if not cfg.pretrained:
-        raise ValueError("model.type=pretrained needs model.pretrained=PIPELINE_FOLDER")
-    teacher = load_teacher(cfg.pretrained)
+    teacher = load_teacher(source)
     teacher.network.eval().requires_grad_(False)
     return teacher
 
@@ -243,6 +252,13 @@ def verify_checkpoint(path: Path, num_networks: int = 1, num_optimizers: int = 1
     path = Path(path)
     state_file = path / STATE_FILE
     required = [state_file]
+    if state_file.is_file() and _checkpoint_problem(state_file) is None:
+        # the checkpoint's own record of what it holds (a run with other networks is refused later, by name)
+        state = json.loads(state_file.read_text())
+        if isinstance(state, dict) and isinstance(state.get("networks"), dict):
+            num_networks = len(state["networks"])
+        if isinstance(state, dict) and isinstance(state.get("optimizers"), int):
+            num_optimizers = state["optimizers"]
     for i in range(num_networks):
         suffix = f"_{i}" if i else ""
         safetensors, legacy = path / f"model{suffix}.safetensors", path / f"pytorch_model{suffix}.bin"
@@ -308,8 +324,8 @@ def resolve_resume(run_dir: Path, resume: str | None, num_networks: int = 1, num
     return path
 
 
-def read_checkpoint_state(path: Path, networks: dict[str, nn.Module]) -> dict[str, Any]:
-    """The checkpoint's trainer state, after checking it was written for these networks."""
+def read_checkpoint_state(path: Path, networks: dict[str, nn.Module], signature: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The checkpoint's trainer state, after checking it was written for these networks (and objective signature)."""
     state_file = path / STATE_FILE
     try:
         state = json.loads(state_file.read_text())
@@ -326,6 +342,14 @@ def read_checkpoint_state(path: Path, networks: dict[str, nn.Module]) -> dict[st
             f"checkpoint {path} was written for other networks ({saved}, or a different config) than this "
             f"config builds ({ {k: v['class'] for k, v in expected.items()} }); resume with the run's own "
             "config (run_dir/config.yaml) or start a new run_dir"
+        )
+    saved_signature = state.get("objective_signature", {})
+    if signature is not None and saved_signature != json.loads(json.dumps(signature)):
+        changed = sorted(k for k in set(saved_signature) | set(signature) if saved_signature.get(k) != signature.get(k))
+        raise ValueError(
+            f"checkpoint {path} was trained with another {', '.join(changed)} "
+            f"({ {k: saved_signature.get(k) for k in changed} } there, { {k: signature.get(k) for k in changed} } now); "
+            "resume with the run's own config (run_dir/config.yaml) or start a new run_dir"
         )
     return state
 
@@ -423,13 +447,15 @@ class Trainer:
         self.teacher = load_model_teacher(config.model)
         model = build_model(config.model, self.teacher)
         self.objective: Objective = build_objective(config.objective.name, config.objective.options, model, self.teacher)
-        make_dataset = getattr(self.objective, "make_dataset", None)  # objectives that generate their data
-        self.dataset = make_dataset() if make_dataset is not None else build_dataset(config.data)
+        make_dataset = getattr(self.objective, "make_dataset", None)  # objectives that make (or add to) their data
+        self.dataset = make_dataset(lambda: build_dataset(config.data)) if make_dataset is not None else build_dataset(config.data)
         self.objective.check_data(self.dataset, config.model.num_classes)
         if self.teacher is not None:
             self.teacher.network.to(self.accelerator.device)
-        self.resume_from = resolve_resume(self.run_dir, resume, len(self.objective.networks), len(self.objective.phases))
-        self.resume_state = read_checkpoint_state(self.resume_from, self.objective.networks) if self.resume_from else None
+        self.phase_names = list(dict.fromkeys(self.objective.phases))  # one optimizer per distinct phase
+        self.resume_from = resolve_resume(self.run_dir, resume, len(self.objective.networks), len(self.phase_names))
+        self.resume_state = (read_checkpoint_state(self.resume_from, self.objective.networks, self.objective.signature())
+                             if self.resume_from else None)
         self._build_optimization()
         self.start_step = 0
         self.last_checkpoint: Path | None = self.resume_from
@@ -437,23 +463,27 @@ class Trainer:
     # -- set-up ------------------------------------------------------------------------
 
     def _build_optimization(self) -> None:
-        """Optimizers and LR schedules per phase, `prepare`, and the EMA of the exported network."""
+        """Optimizers and LR schedules per distinct phase, `prepare`, and the EMA of the averaged networks."""
         from diffusers.optimization import get_scheduler
         from diffusers.training_utils import EMAModel
 
         cfg = self.config.optim
         self.optimizers = [
-            torch.optim.AdamW(self.objective.param_groups(phase), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
-                              eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
-            for phase in self.objective.phases
+            torch.optim.AdamW(_scaled_lr_groups(self.objective.param_groups(phase), cfg.lr), lr=cfg.lr,
+                              betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
+            for phase in self.phase_names
         ]
-        # LR schedules are stepped once per optimizer step here (not prepared: accelerate would
-        # step them once per process).
+        # LR schedules are stepped once per training step here (not prepared: accelerate would
+        # step them once per process), also for a phase that updates several times per step.
         self.lr_schedulers = [
             get_scheduler(cfg.lr_scheduler, opt, num_warmup_steps=cfg.lr_warmup_steps, num_training_steps=self.config.max_steps)
             for opt in self.optimizers
         ]
         names = list(self.objective.networks)
+        if self.accelerator.num_processes > 1 and len(self.phase_names) > 1:
+            # a phase may run a network whose loss does not reach all of its parameters (a critic
+            # evaluated for the generator's loss): DDP must not wait for their gradients.
+            self.accelerator.ddp_handler = _ddp_find_unused()
         prepared = self.accelerator.prepare(*self.objective.networks.values(), *self.optimizers)
         prepared = prepared if isinstance(prepared, tuple) else (prepared,)
         self.objective.networks = dict(zip(names, prepared[: len(names)]))
@@ -507,7 +537,8 @@ class Trainer:
             for name, ema in self.emas.items():
                 save_ema(ema, networks[name], tmp / EMA_DIR / name)
             state = {"step": step, "objective": self.config.objective.name, "ema": list(self.emas),
-                     "networks": _network_signature(networks)}
+                     "networks": _network_signature(networks), "objective_signature": self.objective.signature(),
+                     "optimizers": len(self.optimizers)}
             (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
             _atomic_replace_dir(tmp, final)
             self._prune_checkpoints()
@@ -584,8 +615,12 @@ class Trainer:
 
     # -- one optimisation step ---------------------------------------------------------
 
-    def _phase_step(self, phase: str, optimizer: Any, scheduler: Any, step: int, batches: Iterator[Any]) -> dict[str, float]:
-        """Accumulate `gradient_accumulation_steps` micro-batches, clip, step; returns mean logged values."""
+    def _phase_step(self, phase: str, repeat: int, optimizer: Any, step: int, batches: Iterator[Any]) -> dict[str, float]:
+        """Accumulate `gradient_accumulation_steps` micro-batches, clip, step; returns mean logged values.
+
+        `repeat` counts earlier updates of the same phase in this step (a critic updated several
+        times per generator update); it keeps their training noise distinct.
+        """
         acc, cfg = self.accelerator, self.config
         accum = cfg.optim.gradient_accumulation_steps
         totals: dict[str, float] = {}
@@ -596,7 +631,8 @@ class Trainer:
             net.zero_grad(set_to_none=True)
         for micro in range(accum):
             batch = _to_device(next(batches), acc.device)
-            generator = step_generator(cfg.seed, step, micro, phase, acc.process_index, acc.device)
+            key = phase if repeat == 0 else f"{phase}#{repeat}"
+            generator = step_generator(cfg.seed, step, micro, key, acc.process_index, acc.device)
             with contextlib.ExitStack() as stack:
                 if micro < accum - 1:  # no gradient all-reduce until the last micro-batch
                     for net in self.objective.networks.values():
@@ -612,7 +648,6 @@ class Trainer:
             params = [p for group in optimizer.param_groups for p in group["params"]]
             totals["grad_norm"] = float(acc.clip_grad_norm_(params, cfg.optim.max_grad_norm))
         optimizer.step()
-        scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         return totals
 
@@ -628,12 +663,25 @@ class Trainer:
         )
 
     def train_step(self, step: int, batches: Iterator[Any]) -> dict[str, float]:
-        """One optimizer step per phase, then the EMA updates; returns logged scalars."""
+        """One optimizer step per entry of `objective.phases` (a phase may repeat), LR schedules, then the EMA updates.
+
+        Logged scalars of a repeated phase are averaged over its updates.
+        """
         logs: dict[str, float] = {}
-        for phase, optimizer, scheduler in zip(self.objective.phases, self.optimizers, self.lr_schedulers):
-            values = self._phase_step(phase, optimizer, scheduler, step, batches)
-            prefix = "" if len(self.objective.phases) == 1 else f"{phase}/"
-            logs.update({prefix + k: v for k, v in values.items()})
+        sums: dict[str, dict[str, float]] = {}
+        for phase in self.objective.phases:
+            totals = sums.setdefault(phase, {})
+            repeat = int(totals.get("#updates", 0))
+            values = self._phase_step(phase, repeat, self.optimizers[self.phase_names.index(phase)], step, batches)
+            for k, v in values.items():
+                totals[k] = totals.get(k, 0.0) + v
+            totals["#updates"] = repeat + 1
+        for phase, scheduler in zip(self.phase_names, self.lr_schedulers):
+            scheduler.step()
+            totals = sums[phase]
+            updates = totals.pop("#updates")
+            prefix = "" if len(self.phase_names) == 1 else f"{phase}/"
+            logs.update({prefix + k: v / updates for k, v in totals.items()})
             logs[f"{prefix}lr"] = scheduler.get_last_lr()[0]
         networks = self.networks()
         for name, ema in self.emas.items():
@@ -740,6 +788,25 @@ def _distributed_without_gpu() -> bool:
     process would silently train alone.
     """
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+
+
+def _scaled_lr_groups(groups: list[dict[str, Any]], lr: float) -> list[dict[str, Any]]:
+    """Parameter groups with an "lr_scale" turned into their own "lr" (= optim.lr x lr_scale)."""
+    out = []
+    for group in groups:
+        group = dict(group)
+        scale = group.pop("lr_scale", None)
+        if scale is not None:
+            group["lr"] = lr * float(scale)
+        out.append(group)
+    return out
+
+
+def _ddp_find_unused() -> Any:
+    """accelerate's DDP kwargs handler with `find_unused_parameters=True`."""
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    return DistributedDataParallelKwargs(find_unused_parameters=True)
 
 
 def _flat_hparams(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:

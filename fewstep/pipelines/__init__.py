@@ -1,6 +1,6 @@
 """diffusers integration: FewStepScheduler (fewstep's solvers behind the scheduler contract) and the pipelines.
 
-Importing this package registers `ClassConditionalPipeline` with diffusers, so
+Importing this package registers `ClassConditionalPipeline` and `MultiStudentPipeline` with diffusers, so
 `DiffusionPipeline.from_pretrained("assets/teachers/mnist_flow")` works after `import fewstep.pipelines`.
 diffusers is imported here, by the network classes in `fewstep.models` (diffusers models and
 `ModelMixin` subclasses) and by what builds on them (`fewstep.metrics.mnist`, `fewstep.distill`);
@@ -9,6 +9,7 @@ diffusers is imported here, by the network classes in `fewstep.models` (diffuser
 
 from . import class_conditional  # noqa: F401  (registers ClassConditionalPipeline with diffusers)
 from .class_conditional import ClassConditionalPipeline
+from .multi_student import MultiStudentPipeline
 from .scheduler import FewStepScheduler
 
-__all__ = ["ClassConditionalPipeline", "FewStepScheduler"]
+__all__ = ["ClassConditionalPipeline", "FewStepScheduler", "MultiStudentPipeline"]

@@ -140,8 +140,8 @@ class ClassConditionalPipeline(DiffusionPipeline):
         return images if output_type == "np" else DiffusionPipeline.numpy_to_pil(images)
 
 
-def register_with_diffusers() -> None:
-    """Expose the pipeline as `diffusers.ClassConditionalPipeline`.
+def register_with_diffusers(pipeline_class: type = ClassConditionalPipeline) -> None:
+    """Expose `pipeline_class` as `diffusers.<its name>`.
 
     `DiffusionPipeline.from_pretrained(folder)` looks the saved `_class_name` up in the
     diffusers package only, so a folder saved from this class loads through the generic entry
@@ -150,8 +150,8 @@ def register_with_diffusers() -> None:
     """
     import diffusers
 
-    if getattr(diffusers, ClassConditionalPipeline.__name__, None) is None:
-        setattr(diffusers, ClassConditionalPipeline.__name__, ClassConditionalPipeline)
+    if getattr(diffusers, pipeline_class.__name__, None) is None:
+        setattr(diffusers, pipeline_class.__name__, pipeline_class)
 
 
 register_with_diffusers()

@@ -82,7 +82,7 @@ class NullClassGuidance(nn.Module):
 
 def load_teacher(pipeline_dir: str | Path, device: str | torch.device = "cpu") -> LoadedTeacher:
     """Load `pipeline_dir` (diffusers layout); its scheduler config fixes the path and prediction type."""
-    import fewstep.pipelines.class_conditional  # noqa: F401  (registers ClassConditionalPipeline)
+    import fewstep.pipelines  # noqa: F401  (registers ClassConditionalPipeline and MultiStudentPipeline)
     from diffusers import DiffusionPipeline
 
     from .class_conditional import null_class, sample_shape

@@ -71,7 +71,8 @@ class Objective(ABC):
     name: ClassVar[str] = ""
     #: the objective's options (a dataclass; its fields are the keys of the config's `objective:` section).
     Options: ClassVar[type] = NoOptions
-    #: optimisation phases run in this order every step, each with its own optimizer.
+    #: optimisation phases run in this order every step; one optimizer per distinct phase, and a phase
+    #: listed n times (a critic updated n times per generator update) steps its optimizer n times.
     phases: tuple[str, ...] = ("main",)
     #: the network sampled for previews / evaluation and exported by default.
     main_network: str = "model"
@@ -95,8 +96,15 @@ class Objective(ABC):
         """Names of the networks the loop averages (EMA), samples with and checkpoints the EMA of."""
         return list(self.networks) if self.ema_networks is None else list(self.ema_networks)
 
+    def signature(self) -> dict[str, Any]:
+        """JSON values a checkpoint must have been trained with to be resumed (e.g. a class partition); default none."""
+        return {}
+
     def param_groups(self, phase: str) -> list[dict[str, Any]]:
-        """Optimizer parameter groups of `phase` (default: every trainable parameter of the main network)."""
+        """Optimizer parameter groups of `phase` (default: every trainable parameter of the main network).
+
+        A group may carry "lr_scale": its learning rate is then optim.lr x lr_scale.
+        """
         return [{"params": [p for p in self.networks[self.main_network].parameters() if p.requires_grad]}]
 
     @abstractmethod

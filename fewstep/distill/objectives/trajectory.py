@@ -114,8 +114,11 @@ class TeacherTrajectoryObjective(Objective):
         """Positions on the fine grid whose teacher states the dataset stores."""
 
     @torch.no_grad()
-    def make_dataset(self) -> Dataset:
-        """(teacher states at `keep_indices()` [N, k, ...], class labels [N]) for `num_noises` seeded noises."""
+    def make_dataset(self, real_data: Any = None) -> Dataset:
+        """(teacher states at `keep_indices()` [N, k, ...], class labels [N]) for `num_noises` seeded noises.
+
+        `real_data` (the loop's builder of the config's dataset) is not used: the data is the teacher's.
+        """
         keep = self.keep_indices()
         denoiser = self.teacher_denoiser()
         generator = torch.Generator().manual_seed(self.seed)
