@@ -321,3 +321,78 @@ def test_resuming_with_another_partition_or_student_count_is_refused(tmp_path) -
                 resume="latest")
     with pytest.raises(ValueError, match="written for other networks"):
         Trainer(msd_config(tmp_path / "run", "max_steps=2", "objective.num_students=4"), resume="latest")
+
+
+def test_two_process_launch_trains_every_student_data_parallel(tmp_path) -> None:
+    """accelerate launch with 2 CPU processes: each runs every student and critic (GAN head too); gradients averaged."""
+    import os
+    import subprocess
+    import sys
+
+    from fewstep.distill.config import save_config
+
+    config = tmp_path / "msd.yaml"
+    save_config(msd_config(tmp_path / "run", "max_steps=2", "checkpoint_every=1", "objective.gan_weight=0.1"), config)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "fewstep", "train", str(config)]
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("trained steps 0..2") == 2
+    state = json.loads((tmp_path / "run" / "checkpoints" / "step_000002" / "trainer_state.json").read_text())
+    assert sorted(state["networks"]) == ["critic_0", "critic_1", "head_0", "head_1", "student_0", "student_1"]
+    assert state["ema"] == ["student_0", "student_1"] and state["optimizers"] == 2
+    assert json.loads((tmp_path / "run" / "pipeline" / "unet" / "config.json").read_text())["routing"] == [0, 0, 0, 0, 1, 1, 1, 1]
+
+
+def test_gan_head_reads_a_unet_bottleneck() -> None:
+    from fewstep.distill.distribution_matching import DiscriminatorHead, FeatureTap, feature_width
+    from fewstep.models import small_unet
+
+    unet = small_unet(16, 1, 3, (8, 16), 1, False)
+    tap = FeatureTap(unet)
+    unet(torch.randn(5, 1, 16, 16), torch.full((5,), 10), class_labels=torch.zeros(5, dtype=torch.long))
+    features = tap.take()
+    assert features.shape == (5, 16, 8, 8) and feature_width(unet) == 16
+    assert DiscriminatorHead(16)(features).shape == (5,)
+    with pytest.raises(RuntimeError, match="run the network's forward first"):
+        tap.take()
+
+
+def test_regression_pairs_are_the_teachers_ode_samples_and_enter_the_generator_loss(tmp_path) -> None:
+    from fewstep.samplers import get_schedule, sample
+
+    with single_thread():
+        trainer = Trainer(msd_config(tmp_path / "run", "objective.regression_weight=0.5", "objective.regression_pairs=20",
+                                     "objective.regression_steps=4"))
+        item = trainer.dataset[3]
+        assert len(item) == 5  # (real x, label, noise, teacher sample, pair label)
+        noise, target, label = item[2], item[3], item[4]
+        teacher = trainer.teacher
+        expected = sample(teacher.guided(2.0), noise[None], get_schedule("logsnr", teacher.path, 4), "dpmpp_2m",
+                          class_labels=torch.tensor([int(label)])).x[0]
+        torch.testing.assert_close(target, expected, rtol=1e-5, atol=1e-6)
+        batch = next(trainer._batches())
+        logs = trainer.objective.loss(batch, 0, torch.Generator().manual_seed(0), "generator")
+    assert logs["regression"] > 0
+
+
+def test_few_step_students_train_and_sample_at_their_times(tmp_path) -> None:
+    with single_thread():
+        trainer = Trainer(msd_config(tmp_path / "run", "objective.student_times=[1.0, 0.5]", "max_steps=2"))
+        trainer.train()
+        labels = torch.tensor([0, 5])
+        with trainer.ema_weights() as networks:
+            two_step = trainer.objective.sample(networks, labels, torch.Generator().manual_seed(0), 1)
+            one_step = trainer.objective.generate(trainer.objective.student(0, networks), labels,
+                                                  torch.randn((2, 2), generator=torch.Generator().manual_seed(0)), None, 0)
+    assert trainer.objective.signature()["student_times"] == [1.0, 0.5]
+    assert not torch.allclose(two_step, one_step)  # the second evaluation (after re-noising to t = 0.5) changed them
+    from diffusers import DiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(tmp_path / "run" / "pipeline")
+    assert pipe.student_times == [1.0, 0.5]
+    calls = []
+    pipe.unet.register_forward_hook(lambda module, args, out: calls.append(float(args[1].reshape(-1)[0])))
+    out = pipe(class_labels=labels, output_type="pt", generator=torch.Generator().manual_seed(0)).images
+    assert calls == [1000.0, 500.0] and torch.isfinite(out).all()  # the training times, by default

@@ -324,8 +324,7 @@ class MultiStudentDistillation(Objective):
 
         students = [networks[student_name(k)] for k in range(self.options.num_students)]
         router = MultiStudentModel.from_students(students, self.routing)
-        pipeline = MultiStudentPipeline(unet=router, scheduler=self.scheduler())
-        pipeline.register_to_config(student_times=list(self.options.student_times))
+        pipeline = MultiStudentPipeline(unet=router, scheduler=self.scheduler(), student_times=self.options.student_times)
         pipeline.save_pretrained(str(folder))
 
 
