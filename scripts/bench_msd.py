@@ -177,7 +177,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("part", choices=["mixture", "mnist"])
     parser.add_argument("--out", type=Path, default=Path("runs/bench_msd"), help="mixture: run folders")
-    parser.add_argument("--max-steps", type=int, default=1500, help="mixture: student training steps")
+    parser.add_argument("--max-steps", type=int, default=1000, help="mixture: student training steps")
     parser.add_argument("--tsm-steps", type=int, default=1500, help="mixture: TSM steps of the quarter-size student")
     parser.add_argument("--per-class", type=int, default=500, help="mixture: samples per class")
     parser.add_argument("--students", nargs="*", default=[], help="mnist: NAME=PIPELINE_FOLDER of each student")

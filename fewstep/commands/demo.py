@@ -54,11 +54,26 @@ def _runs(teacher_name: str, kind: str, nfes: list[int], reference_steps: int) -
         spec = shipped_spec(teacher_name, nfe)
         if spec is not None:
             runs.append((LEARNED_LABEL, nfe, {"spec": spec}))
+    student = shipped_student(teacher_name)
+    if student is not None:
+        runs.append((STUDENT_LABEL, 1, {"student": student}))
     return runs
 
 
 #: the demo row of the learned grids shipped in assets/specs (fewstep fit-sampler, guidance 2).
 LEARNED_LABEL = "learned grid (assets/specs)"
+
+
+#: the demo row of the one-step MSD students shipped in assets/students (distilled with guidance 2 built in).
+STUDENT_LABEL = "MSD students, 1 step (assets/students)"
+
+
+def shipped_student(teacher_name: str) -> Path | None:
+    """assets/students/<teacher>_msd (a MultiStudentPipeline distilled from the teacher) if it is shipped."""
+    from fewstep.io import assets_dir
+
+    path = assets_dir() / "students" / f"{Path(teacher_name).name}_msd"
+    return path if (path / "model_index.json").is_file() else None
 
 
 def shipped_spec(teacher_name: str, nfe: int) -> Path | None:
@@ -74,6 +89,8 @@ def _sampler_args(how: dict, teacher, steps: int) -> dict:
     from fewstep.samplers import get_schedule
     from fewstep.samplers.spec import SamplerSpec
 
+    if "student" in how:  # one step from pure noise: any solver returns the students' x0
+        return {"ts": get_schedule("uniform", teacher.path, steps), "solver": "ddim"}
     if "spec" in how:
         spec = SamplerSpec.load(how["spec"])
         spec.check_compatible(teacher.path, steps)
@@ -99,8 +116,9 @@ def run(args) -> int:
     results, grids, reference = [], {}, {}
     for name, label, steps, how in tqdm(plan, desc="demo", unit="run"):
         teacher = teachers[name]
-        images, labels, nfe = generate_images(teacher, num_images=args.n, seed=args.seed, guidance_scale=args.guidance_scale,
-                                              device=args.device, **_sampler_args(how, teacher, steps))
+        model, guidance = (load_teacher(how["student"], args.device), 1.0) if "student" in how else (teacher, args.guidance_scale)
+        images, labels, nfe = generate_images(model, num_images=args.n, seed=args.seed, guidance_scale=guidance,
+                                              device=args.device, **_sampler_args(how, model, steps))
         scores = scorer.score(images, labels)
         reference.setdefault(name, images)  # same noise and labels for every run of this teacher
         error = rms_pixel_error(images, reference[name])

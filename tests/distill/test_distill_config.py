@@ -91,8 +91,8 @@ def test_objective_options_come_from_the_registry() -> None:
     assert {"flow_matching", "vp_diffusion", "boss_straighten", "reflow", "masked_diffusion"} <= set(OBJECTIVES)
     for name, objective in OBJECTIVES.items():
         model = {"masked_diffusion": ["model.type=masked_transformer", "model.vocab_size=5"],
-                 "boss_straighten": ["model.type=pretrained", "model.pretrained=x", "objective.spec=s"],
-                 "reflow": ["model.type=pretrained", "model.pretrained=x"]}.get(name, [])
+                 "boss_straighten": ["model.type=pretrained", "model.pretrained=x", "objective.spec=s"]}.get(
+            name, ["model.type=pretrained", "model.pretrained=x"] if objective.teacher_use == "required" else [])
         config = load_config(None, [f"objective.name={name}", *model])
         defaults = dataclasses.asdict(objective.Options())
         assert {k: v for k, v in config.objective.to_dict().items() if k not in ("name", "spec")} == {

@@ -396,3 +396,33 @@ def test_few_step_students_train_and_sample_at_their_times(tmp_path) -> None:
     pipe.unet.register_forward_hook(lambda module, args, out: calls.append(float(args[1].reshape(-1)[0])))
     out = pipe(class_labels=labels, output_type="pt", generator=torch.Generator().manual_seed(0)).images
     assert calls == [1000.0, 500.0] and torch.isfinite(out).all()  # the training times, by default
+
+
+def test_tsm_student_initialises_smaller_msd_students_while_the_critic_stays_the_teacher(tmp_path) -> None:
+    """TSM fits a narrow MLP to the teacher; MSD from it (model.pretrained=TSM, model.teacher=teacher) keeps its size."""
+    from safetensors.torch import load_file
+
+    from fewstep.pipelines.loading import load_teacher
+
+    with single_thread():
+        tsm = train(tiny_config(tmp_path / "tsm", "model.type=mlp", "model.width=16", "model.num_blocks=1",
+                                f"model.teacher={MIXTURE_TEACHER}", "objective.name=tsm", "max_steps=30"))
+        assert tsm.losses[-1] < tsm.losses[0]  # it fits the teacher's outputs
+        trainer = Trainer(msd_config(tmp_path / "msd", f"model.pretrained={tsm.pipeline}", f"model.teacher={MIXTURE_TEACHER}"))
+    student, critic = trainer.objective.networks["student_1"], trainer.objective.networks["critic_1"]
+    assert student.config.width == 16 and critic.config.width == load_teacher(MIXTURE_TEACHER).network.config.width
+    tsm_weights = load_file(str(tsm.pipeline / "unet" / "diffusion_pytorch_model.safetensors"))
+    for name, value in student.state_dict().items():
+        torch.testing.assert_close(value, tsm_weights[name])
+
+
+def test_model_teacher_satisfies_objectives_that_need_a_teacher_and_is_refused_by_those_that_use_none() -> None:
+    from fewstep.distill.config import load_config
+
+    config = load_config(None, ["objective.name=tsm", "model.type=unet", f"model.teacher={MIXTURE_TEACHER}"])
+    assert config.model.teacher == MIXTURE_TEACHER
+    with pytest.raises(ValueError, match="learns from a teacher"):
+        load_config(None, ["objective.name=tsm", "model.type=unet"])
+    with pytest.raises(ValueError, match="does not start from a pretrained pipeline or use a teacher"):
+        load_config(None, ["objective.name=masked_diffusion", "model.type=masked_transformer", "model.vocab_size=5",
+                           f"model.teacher={MIXTURE_TEACHER}"])
