@@ -7,8 +7,8 @@ loaded on first access, so `from fewstep import FewStepScheduler` works and a sa
 `model_index.json` can name `["fewstep", "FewStepScheduler"]`.
 
 `import fewstep` is also enough for `DiffusionPipeline.from_pretrained` to load fewstep's own
-pipelines (`ClassConditionalPipeline`, whose model_index.json names it like a diffusers
-class): they are registered with diffusers as soon as diffusers is imported, before or after
+pipelines (`ClassConditionalPipeline`, `MultiStudentPipeline`, whose model_index.json names
+them like diffusers classes): they are registered with diffusers as soon as diffusers is imported, before or after
 fewstep, without importing diffusers here.
 """
 
@@ -27,6 +27,8 @@ __version__ = "0.1.0"
 _LAZY: dict[str, str] = {
     "FewStepScheduler": "fewstep.pipelines.scheduler",
     "ClassConditionalPipeline": "fewstep.pipelines.class_conditional",
+    "MultiStudentPipeline": "fewstep.pipelines.multi_student",
+    "MultiStudentModel": "fewstep.models.multi_student",
     "ClassConditionalMLP": "fewstep.models.mlp",
     # diffusers' DiffusionPipeline.from_pretrained looks these base classes up on the
     # component's library to decide how to load a component saved from it.
@@ -48,7 +50,7 @@ def __dir__() -> list[str]:
 
 # ---------------------------------------------------------------------- diffusers registration
 
-_PIPELINE_MODULES = ("fewstep.pipelines.class_conditional",)
+_PIPELINE_MODULES = ("fewstep.pipelines.class_conditional", "fewstep.pipelines.multi_student")
 
 
 def _register_pipelines() -> None:

@@ -21,6 +21,8 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.utils import BaseOutput
 from torch import Tensor, nn
 
+from .shapes import sample_shape
+
 
 @dataclass
 class MultiStudentOutput(BaseOutput):
@@ -80,8 +82,6 @@ class MultiStudentModel(ModelMixin, ConfigMixin):
 
     @staticmethod
     def _student_shape(student: nn.Module) -> tuple[int, ...]:
-        from fewstep.pipelines.class_conditional import sample_shape
-
         return sample_shape(student)
 
     @property

@@ -20,34 +20,13 @@ from typing import Any, Sequence
 import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput, ModelMixin  # noqa: F401  (see below)
 from diffusers.utils.torch_utils import randn_tensor
-from torch import Tensor, nn
+from torch import Tensor
 
 # Pipelines saved before the MLP moved to fewstep.models name its component
 # ["fewstep.pipelines.class_conditional", "ClassConditionalMLP"]: diffusers then looks up the class
 # and its loadable base class (ModelMixin) on this module, so both must stay importable from here.
 from ..models.mlp import ClassConditionalMLP, MLPOutput  # noqa: F401
-
-
-def null_class(model: nn.Module) -> int:
-    """Index of the null (unconditional) class of a model: `config.num_class_embeds - 1`."""
-    num = getattr(model.config, "num_class_embeds", None)
-    if not num:
-        raise ValueError(
-            f"{type(model).__name__} has no class embedding (config.num_class_embeds); "
-            "build it with num_class_embeds = num_classes + 1 (the last index is the null class)"
-        )
-    return int(num) - 1
-
-
-def sample_shape(model: nn.Module) -> tuple[int, ...]:
-    """Shape of one sample: `model.sample_shape` if defined, else (in_channels, H, W) from the config."""
-    shape = getattr(model, "sample_shape", None)
-    if shape is not None:
-        return tuple(shape)
-    config: Any = model.config
-    size = config.sample_size
-    h, w = (size, size) if isinstance(size, int) else tuple(size)
-    return (config.in_channels, h, w)
+from ..models.shapes import null_class, sample_shape  # noqa: F401  (imported from here by older code)
 
 
 class ClassConditionalPipeline(DiffusionPipeline):

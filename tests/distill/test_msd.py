@@ -143,7 +143,7 @@ def _students() -> list[ClassConditionalMLP]:
 def test_routed_batched_output_equals_per_sample_output() -> None:
     students, routing = _students(), [2, 0, 1, 1, 0, 2]
     router = MultiStudentModel.from_students(students, routing).eval()
-    x, labels = torch.randn(12, 2), torch.tensor([0, 1, 2, 3, 4, 5, 5, 4, 3, 2, 1, 0])
+    x, labels = torch.randn(12, 2), torch.tensor([0, 1, 2, 3, 4, 5, 5, 3, 1, 4, 2, 2])
     timestep = torch.linspace(10, 990, 12)
     batched = router(x, timestep, class_labels=labels).sample
     for i in range(12):
