@@ -50,7 +50,7 @@ def __dir__() -> list[str]:
 
 # ---------------------------------------------------------------------- diffusers registration
 
-_PIPELINE_MODULES = ("fewstep.pipelines.class_conditional", "fewstep.pipelines.multi_student")
+_PIPELINE_MODULES = ("fewstep.pipelines.class_conditional",)  # it imports (registers) multi_student too
 
 
 def _register_pipelines() -> None:
