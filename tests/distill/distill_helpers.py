@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -31,3 +34,12 @@ class single_thread:
 
     def __exit__(self, *exc: Any) -> None:
         torch.set_num_threads(self.threads)
+
+
+def launch_two_processes(config: Path, cwd: Path) -> subprocess.CompletedProcess:
+    """`accelerate launch --multi_gpu --num_processes 2 -m fewstep train CONFIG` on the CPU (gloo), one thread each."""
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo)}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "fewstep", "train", str(config)]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)

@@ -4,21 +4,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from distill_helpers import single_thread, tiny_config
+from distill_helpers import launch_two_processes, single_thread, tiny_config
 from safetensors.torch import load_file
 
 from fewstep.distill.config import save_config
 from fewstep.distill.loop import NonFiniteLossError, list_checkpoints, train
 from fewstep.distill.objectives import FlowMatching
 
-REPO = Path(__file__).resolve().parents[2]
 
 
 def _weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -143,10 +140,7 @@ def test_tensorboard_logs_are_written(tmp_path: Path) -> None:
 def test_two_process_accelerate_launch_completes(tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
     save_config(tiny_config(tmp_path / "run", "max_steps=6", "checkpoint_every=3", "data.batch_size=32"), config)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "fewstep", "train", str(config)]
-    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    done = launch_two_processes(config, tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("trained steps 0..6") == 2  # one line per process
     assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["step_000003", "step_000006"]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from distill_helpers import single_thread, tiny_config
+from distill_helpers import launch_two_processes, single_thread, tiny_config
 
 from fewstep.distill.distribution_matching import NetworkDenoiser, dm_gradient, dm_surrogate_loss
 from fewstep.distill.loop import Trainer, train
@@ -325,18 +325,11 @@ def test_resuming_with_another_partition_or_student_count_is_refused(tmp_path) -
 
 def test_two_process_launch_trains_every_student_data_parallel(tmp_path) -> None:
     """accelerate launch with 2 CPU processes: each runs every student and critic (GAN head too); gradients averaged."""
-    import os
-    import subprocess
-    import sys
-
     from fewstep.distill.config import save_config
 
     config = tmp_path / "msd.yaml"
     save_config(msd_config(tmp_path / "run", "max_steps=2", "checkpoint_every=1", "objective.gan_weight=0.1"), config)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "fewstep", "train", str(config)]
-    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    done = launch_two_processes(config, tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("trained steps 0..2") == 2
     state = json.loads((tmp_path / "run" / "checkpoints" / "step_000002" / "trainer_state.json").read_text())
