@@ -1,7 +1,7 @@
 """Benchmark MSD / DMD one-step students against their teachers (issue 11; docs/BENCHMARKS.md).
 
     python scripts/bench_msd.py mixture --out runs/bench_msd         # trains every mixture variant (~25 min, 1 thread)
-    python scripts/bench_msd.py mnist --n 1000 --students K1=runs/mnist_dmd/pipeline K2=runs/mnist_msd/pipeline
+    python scripts/bench_msd.py mnist --n 1000 --teachers mnist_flow mnist_vp --students K1=runs/mnist_dmd/pipeline K2=...
 
 mixture: the 2-D 8-Gaussians flow teacher at 1/2/4/8/32 steps (best of DPM-Solver++(2M) / UniPC-bh2
 on uniform and logSNR grids) vs one DMD student and MSD with K = 2, 4, 8 teacher-size students
@@ -129,7 +129,7 @@ def mixture_part(out: Path, max_steps: int, tsm_steps: int, per_class: int) -> s
     return "\n".join(lines)
 
 
-def mnist_part(students: dict[str, str], num_images: int, batch_size: int, replicates: int) -> str:
+def mnist_part(teachers: list[str], students: dict[str, str], num_images: int, batch_size: int, replicates: int) -> str:
     from fewstep.metrics.mnist import MnistScorer
     from fewstep.metrics.resample import bootstrap_fd
     from fewstep.pipelines.loading import load_teacher
@@ -137,32 +137,32 @@ def mnist_part(students: dict[str, str], num_images: int, batch_size: int, repli
     from fewstep.samplers import get_schedule
 
     scorer = MnistScorer()
-    teacher = load_teacher(REPO / "assets" / "teachers" / "mnist_flow")
 
     def score(model, steps: int, guidance: float) -> tuple[str, float]:
         start = time.perf_counter()
         images, labels, nfe = generate_images(model, get_schedule("uniform", model.path, steps), "dpmpp_2m", num_images,
                                               seed=0, batch_size=batch_size, guidance_scale=guidance)
         seconds = (time.perf_counter() - start) / num_images
-        feats = scorer.features(images)
         scores = scorer.score(images, labels)
-        interval = bootstrap_fd(feats, scorer.reference, replicates=replicates)
+        interval = bootstrap_fd(scorer.features(images), scorer.reference, replicates=replicates)
         cells = f"{scores.fid:.2f} [{interval.low:.2f}, {interval.high:.2f}] | {100 * scores.accuracy:.1f}% | {nfe}"
         return cells, seconds
 
     lines = [f"\nMNIST, {num_images} images (FID_{num_images} on mnist features with a 95 % bootstrap interval, "
-             f"{replicates} replicates; label accuracy of the shipped classifier)\n",
+             f"{replicates} replicates; label accuracy of the shipped classifier; time per image relative to the "
+             f"{teachers[0]} teacher's 32-step run in this run, batch {batch_size})\n",
              "| model | parameters | FID | accuracy | network calls per image | time per image vs teacher 32 steps |",
              "|---|---|---|---|---|---|"]
-    teacher_params = parameter_count(teacher.network)
     reference_time = None
-    teacher_rows = []
-    for steps in sorted(TEACHER_STEPS, reverse=True):
-        cells, seconds = score(teacher, steps, 2.0)
-        reference_time = reference_time or seconds
-        teacher_rows.append(f"| teacher mnist_flow, {steps} steps (DPM-Solver++(2M), w = 2) | {teacher_params / 1e3:.0f}k | "
-                            f"{cells} | {seconds / reference_time:.3f}x |")
-    lines += teacher_rows[::-1]
+    for name in teachers:
+        teacher = load_teacher(REPO / "assets" / "teachers" / name)
+        rows = []
+        for steps in sorted(TEACHER_STEPS, reverse=True):
+            cells, seconds = score(teacher, steps, 2.0)
+            reference_time = reference_time or seconds
+            rows.append(f"| teacher {name}, {steps} steps (DPM-Solver++(2M), uniform, w = 2) | "
+                        f"{parameter_count(teacher.network) / 1e3:.0f}k | {cells} | {seconds / reference_time:.3f}x |")
+        lines += rows[::-1]
     for name, folder in students.items():
         student = load_teacher(folder)
         sizes = [parameter_count(s) for s in getattr(student.network, "students", [student.network])]
@@ -180,6 +180,7 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=1000, help="mixture: student training steps")
     parser.add_argument("--tsm-steps", type=int, default=1500, help="mixture: TSM steps of the quarter-size student")
     parser.add_argument("--per-class", type=int, default=500, help="mixture: samples per class")
+    parser.add_argument("--teachers", nargs="+", default=["mnist_flow"], help="mnist: teachers under assets/teachers")
     parser.add_argument("--students", nargs="*", default=[], help="mnist: NAME=PIPELINE_FOLDER of each student")
     parser.add_argument("--n", type=int, default=1000, help="mnist: images per model")
     parser.add_argument("--batch-size", type=int, default=250, help="mnist: generation batch")
@@ -192,7 +193,7 @@ def main() -> None:
         print(mixture_part(args.out, args.max_steps, args.tsm_steps, args.per_class))
     else:
         students = dict(item.split("=", 1) for item in args.students)
-        print(mnist_part(students, args.n, args.batch_size, args.replicates))
+        print(mnist_part(args.teachers, students, args.n, args.batch_size, args.replicates))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ from fewstep.distill.loop import NonFiniteLossError, list_checkpoints, train
 from fewstep.distill.objectives import FlowMatching
 
 
-
 def _weights(folder: Path) -> dict[str, torch.Tensor]:
     return load_file(str(folder / "unet" / "diffusion_pytorch_model.safetensors"))
 
