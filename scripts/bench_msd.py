@@ -181,7 +181,7 @@ def main() -> None:
     parser.add_argument("--tsm-steps", type=int, default=1500, help="mixture: TSM steps of the quarter-size student")
     parser.add_argument("--per-class", type=int, default=500, help="mixture: samples per class")
     parser.add_argument("--teachers", nargs="+", default=["mnist_flow"], help="mnist: teachers under assets/teachers")
-    parser.add_argument("--students", nargs="*", default=[], help="mnist: NAME=PIPELINE_FOLDER of each student")
+    parser.add_argument("--students", nargs="*", default=[], help="mnist: NAME=PIPELINE_FOLDER of each student (split at the last =)")
     parser.add_argument("--n", type=int, default=1000, help="mnist: images per model")
     parser.add_argument("--batch-size", type=int, default=250, help="mnist: generation batch")
     parser.add_argument("--replicates", type=int, default=200, help="mnist: bootstrap replicates")
@@ -192,7 +192,7 @@ def main() -> None:
     if args.part == "mixture":
         print(mixture_part(args.out, args.max_steps, args.tsm_steps, args.per_class))
     else:
-        students = dict(item.split("=", 1) for item in args.students)
+        students = dict(item.rsplit("=", 1) for item in args.students)
         print(mnist_part(args.teachers, students, args.n, args.batch_size, args.replicates))
 
 
