@@ -3,8 +3,8 @@
 Pure functions and small modules that the `msd` / `dmd` objectives (and later distillers,
 e.g. an audio turbo student) assemble:
 
-- `NetworkDenoiser`: a class-conditional diffusers network on a fewstep noise path, evaluated
-  at *per-sample* times t [B], returning x0 (optionally with classifier-free guidance);
+- `NetworkDenoiser` (from `fewstep.samplers`): a class-conditional network on a fewstep noise
+  path at *per-sample* times t [B], returning x0 (optionally with classifier-free guidance);
 - `dm_gradient` / `dm_surrogate_loss`: DMD's normalised distribution-matching gradient
   `(x0_fake - x0_real) / mean|x - x0_real|` and the `0.5 ||x - sg(x - grad)||^2` surrogate that
   pushes it through the generator;
@@ -20,70 +20,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fewstep.samplers import NoisePath, from_x0_eps, to_x0
+from fewstep.samplers import NetworkDenoiser  # noqa: F401  (re-exported: the distillers' denoiser)
 
 #: floor of DMD's per-sample normaliser mean|x - x0_real| (avoids division by zero on exact teachers).
 NORMALISER_FLOOR = 1e-6
-
-
-def broadcast(values: Tensor, like: Tensor) -> Tensor:
-    """Per-sample values [B] reshaped to [B, 1, ...] and cast to `like`'s dtype and device."""
-    return values.to(device=like.device, dtype=like.dtype).reshape(-1, *[1] * (like.ndim - 1))
-
-
-class NetworkDenoiser:
-    """x0 predictions of `network(x_t, timestep, class_labels=...)` at per-sample times t [B].
-
-    Discrete (VP) paths evaluate the network at integer timesteps: times are snapped to the
-    training grid first (`path.snap`), so alpha(t), sigma(t) and the timestep agree.
-    """
-
-    def __init__(self, network: nn.Module, path: NoisePath, prediction_type: str) -> None:
-        self.network, self.path, self.prediction_type = network, path, prediction_type
-
-    def snap(self, t: Tensor) -> Tensor:
-        """t [B] (float64, CPU) moved onto the network's time grid."""
-        return self.path.snap(t) if self.path.discrete else t
-
-    def timestep(self, t: Tensor, like: Tensor) -> Tensor:
-        """Network timesteps [B] for times t [B]."""
-        timestep = self.path.model_time(t)
-        return timestep.to(device=like.device, dtype=torch.long if self.path.discrete else like.dtype)
-
-    def alpha_sigma(self, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
-        """alpha(t), sigma(t) as [B, 1, ...] tensors matching `like`."""
-        alpha, sigma = self.path.alpha_sigma(t)
-        return broadcast(alpha, like), broadcast(sigma, like)
-
-    def raw(self, x_t: Tensor, t: Tensor, labels: Tensor) -> Tensor:
-        """The network's output (its own prediction type) at (x_t [B, ...], t [B])."""
-        return self.network(x_t, self.timestep(t, x_t), class_labels=labels).sample
-
-    def __call__(self, x_t: Tensor, t: Tensor, labels: Tensor, guidance_scale: float = 1.0, null_label: int | None = None) -> Tensor:
-        """x0_hat [B, ...]; with `guidance_scale != 1`, CFG against `null_label` in one batched call."""
-        alpha, sigma = self.alpha_sigma(t, x_t)
-        if guidance_scale == 1.0:
-            return to_x0(self.raw(x_t, t, labels), x_t, alpha, sigma, self.prediction_type)
-        if null_label is None:
-            raise ValueError("classifier-free guidance needs the null label")
-        both = self.raw(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([torch.full_like(labels, null_label), labels]))
-        x0_uncond, x0_cond = to_x0(both, torch.cat([x_t, x_t]), torch.cat([alpha, alpha]), torch.cat([sigma, sigma]),
-                                   self.prediction_type).chunk(2)
-        return x0_uncond + guidance_scale * (x0_cond - x0_uncond)
-
-    def target(self, x0: Tensor, eps: Tensor, t: Tensor) -> Tensor:
-        """The denoising regression target of this network for x_t = alpha x0 + sigma eps."""
-        alpha, sigma = self.alpha_sigma(t, x0)
-        return from_x0_eps(x0, eps, alpha, sigma, self.prediction_type)
-
-    def noise(self, x0: Tensor, eps: Tensor, t: Tensor) -> Tensor:
-        """x_t = alpha(t) x0 + sigma(t) eps on the path."""
-        alpha, sigma = self.alpha_sigma(t, x0)
-        return alpha * x0 + sigma * eps
 
 
 def dm_gradient(x: Tensor, x0_real: Tensor, x0_fake: Tensor) -> Tensor:

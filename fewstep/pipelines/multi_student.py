@@ -22,7 +22,7 @@ from diffusers import ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor
 
-from ..samplers import to_x0
+from ..samplers import NetworkDenoiser, renoising_sample
 from .class_conditional import ClassConditionalPipeline, register_with_diffusers, sample_shape
 
 
@@ -68,18 +68,8 @@ class MultiStudentPipeline(ClassConditionalPipeline):
 
     def student_sample(self, z: Tensor, labels: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """x0 after the last of `student_times` from noise z [B, ...], re-noised between the times."""
-        path, prediction_type = self.scheduler.path, self.scheduler.config.prediction_type
-        times = torch.tensor(self.student_times, dtype=torch.float64)
-        x = z
-        for i in self.progress_bar(range(len(times))):
-            alpha, sigma = (v.to(x.dtype) for v in path.alpha_sigma(times[i]))
-            timestep = path.model_time(times[i]).to(self.device).expand(x.shape[0])
-            out = self.unet(x.to(self.unet.dtype), timestep, class_labels=labels).sample.to(x.dtype)
-            x0 = to_x0(out, x, alpha.to(x.device), sigma.to(x.device), prediction_type)
-            if i + 1 < len(times):
-                alpha_next, sigma_next = (v.to(x.dtype).to(x.device) for v in path.alpha_sigma(times[i + 1]))
-                x = alpha_next * x0 + sigma_next * randn_tensor(x.shape, generator=generator, device=self.device, dtype=x.dtype)
-        return x0
+        students = NetworkDenoiser(self.unet, self.scheduler.path, self.scheduler.config.prediction_type)
+        return renoising_sample(students, z, torch.tensor(self.student_times, dtype=torch.float64), labels, generator)
 
 
 register_with_diffusers(MultiStudentPipeline)

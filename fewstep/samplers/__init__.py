@@ -7,7 +7,9 @@
     x0, nfe = sample(denoiser, torch.randn(16, 2), ts, get_solver("dpmpp_2m"))
 """
 
-from .denoiser import CFGDenoiser, Denoiser, DenoiserLike, ThresholdedDenoiser, dynamic_threshold
+from .denoiser import (
+    CFGDenoiser, Denoiser, DenoiserLike, NetworkDenoiser, ThresholdedDenoiser, dynamic_threshold, renoising_sample,
+)
 from .mixture import GaussianMixture, MixtureDenoiser, MixtureModel
 from .parameterization import PREDICTION_TYPES, from_x0_eps, to_x0, to_x0_eps
 from .paths import ContinuousVPPath, DiscreteVPPath, NoisePath, RectifiedFlowPath, path_from_config
@@ -22,5 +24,5 @@ __all__ = [
     "MixtureDenoiser", "MixtureModel", "MultistepState", "NoisePath", "PREDICTION_TYPES", "RectifiedFlowPath", "SampleOutput",
     "Solver", "StepInfo", "StepPlan", "StepUpdate", "ThresholdedDenoiser", "UniPCSolver", "apply_update", "available_schedules",
     "available_solvers", "dynamic_threshold", "from_x0_eps", "get_schedule", "get_solver", "path_from_config", "reference_solution",
-    "sample", "to_x0", "to_x0_eps", "validate_grid",
+    "renoising_sample", "sample", "to_x0", "to_x0_eps", "validate_grid",
 ]

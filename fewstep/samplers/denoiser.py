@@ -10,7 +10,7 @@ from typing import Any, Callable, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
-from .parameterization import check_prediction_type, to_x0
+from .parameterization import check_prediction_type, from_x0_eps, to_x0
 from .paths import NoisePath
 
 
@@ -131,3 +131,79 @@ class ThresholdedDenoiser(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor, **cond: Any) -> Tensor:
         return dynamic_threshold(self.denoiser(x, t, **cond), self.quantile, self.max_value)
+
+
+def broadcast(values: Tensor, like: Tensor) -> Tensor:
+    """Per-sample values [B] reshaped to [B, 1, ...] and cast to `like`'s dtype and device."""
+    return values.to(device=like.device, dtype=like.dtype).reshape(-1, *[1] * (like.ndim - 1))
+
+
+class NetworkDenoiser:
+    """x0 predictions of `network(x_t, timestep, class_labels=...)` at per-sample times t [B].
+
+    Discrete (VP) paths evaluate the network at integer timesteps: times are snapped to the
+    training grid first (`path.snap`), so alpha(t), sigma(t) and the timestep agree.
+    """
+
+    def __init__(self, network: Callable[..., Any], path: NoisePath, prediction_type: str) -> None:
+        self.network, self.path, self.prediction_type = network, path, prediction_type
+
+    def snap(self, t: Tensor) -> Tensor:
+        """t [B] (float64, CPU) moved onto the network's time grid."""
+        return self.path.snap(t) if self.path.discrete else t
+
+    def timestep(self, t: Tensor, like: Tensor) -> Tensor:
+        """Network timesteps [B] for times t [B]."""
+        timestep = self.path.model_time(t)
+        return timestep.to(device=like.device, dtype=torch.long if self.path.discrete else like.dtype)
+
+    def alpha_sigma(self, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
+        """alpha(t), sigma(t) as [B, 1, ...] tensors matching `like`."""
+        alpha, sigma = self.path.alpha_sigma(t)
+        return broadcast(alpha, like), broadcast(sigma, like)
+
+    def raw(self, x_t: Tensor, t: Tensor, labels: Tensor) -> Tensor:
+        """The network's output (its own prediction type) at (x_t [B, ...], t [B])."""
+        return self.network(x_t, self.timestep(t, x_t), class_labels=labels).sample
+
+    def __call__(self, x_t: Tensor, t: Tensor, labels: Tensor, guidance_scale: float = 1.0, null_label: int | None = None) -> Tensor:
+        """x0_hat [B, ...]; with `guidance_scale != 1`, CFG against `null_label` in one batched call."""
+        alpha, sigma = self.alpha_sigma(t, x_t)
+        if guidance_scale == 1.0:
+            return to_x0(self.raw(x_t, t, labels), x_t, alpha, sigma, self.prediction_type)
+        if null_label is None:
+            raise ValueError("classifier-free guidance needs the null label")
+        both = self.raw(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([torch.full_like(labels, null_label), labels]))
+        x0_uncond, x0_cond = to_x0(both, torch.cat([x_t, x_t]), torch.cat([alpha, alpha]), torch.cat([sigma, sigma]),
+                                   self.prediction_type).chunk(2)
+        return x0_uncond + guidance_scale * (x0_cond - x0_uncond)
+
+    def target(self, x0: Tensor, eps: Tensor, t: Tensor) -> Tensor:
+        """The denoising regression target of this network for x_t = alpha x0 + sigma eps."""
+        alpha, sigma = self.alpha_sigma(t, x0)
+        return from_x0_eps(x0, eps, alpha, sigma, self.prediction_type)
+
+    def noise(self, x0: Tensor, eps: Tensor, t: Tensor) -> Tensor:
+        """x_t = alpha(t) x0 + sigma(t) eps on the path."""
+        alpha, sigma = self.alpha_sigma(t, x0)
+        return alpha * x0 + sigma * eps
+
+
+def renoising_sample(denoiser: NetworkDenoiser, z: Tensor, times: Tensor, labels: Tensor,
+                     generator: torch.Generator | None = None, grad_step: int | None = None) -> Tensor:
+    """Multistep sampling of one-step generators (consistency models, DMD2): x0 at each time, re-noised to the next.
+
+    From noise z [B, ...] at `times[0]` (float64 [n], decreasing), the denoiser's x0 at times[i] is
+    noised with fresh noise to times[i + 1]; returns the x0 of the last time evaluated. With
+    `grad_step` k (training, DMD2's backward simulation) it stops at times[k] and only that
+    evaluation keeps the autograd graph.
+    """
+    last = len(times) - 1 if grad_step is None else grad_step
+    x = z
+    for i in range(last + 1):
+        with torch.set_grad_enabled(torch.is_grad_enabled() and i == last):
+            x0 = denoiser(x, times[i].expand(z.shape[0]), labels)
+        if i < last:
+            eps = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
+            x = denoiser.noise(x0.detach(), eps, times[i + 1].expand(z.shape[0]))
+    return x0

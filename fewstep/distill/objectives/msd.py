@@ -35,10 +35,10 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset, TensorDataset
 
 from fewstep.pipelines.class_conditional import null_class, sample_shape
-from fewstep.samplers import get_schedule, sample
+from fewstep.samplers import NetworkDenoiser, get_schedule, renoising_sample, sample
 
 from ..distribution_matching import (
-    DiscriminatorHead, FeatureTap, NetworkDenoiser, dm_gradient, dm_surrogate_loss, feature_width, gan_discriminator_loss,
+    DiscriminatorHead, FeatureTap, dm_gradient, dm_surrogate_loss, feature_width, gan_discriminator_loss,
     gan_generator_loss,
 )
 from ..partitions import PARTITIONS, check_group_count, partition_classes, routing_table
@@ -183,22 +183,12 @@ class MultiStudentDistillation(Objective):
 
     def generate(self, student: NetworkDenoiser, labels: Tensor, z: Tensor, generator: torch.Generator | None,
                  train_step: int | None = None) -> Tensor:
-        """Samples [B, ...] from noise z at `student_times`, re-noised between them (DMD2's backward simulation).
+        """Samples [B, ...] from noise z at `student_times` (`fewstep.samplers.renoising_sample`).
 
         `train_step` None runs every time (inference); else the gradient flows through the
-        evaluation at time index `train_step` only, the earlier ones run without gradient.
+        evaluation at time index `train_step` only (DMD2's backward simulation).
         """
-        times = self.student_times
-        last = len(times) - 1 if train_step is None else train_step
-        x = z
-        for i in range(last + 1):
-            t = times[i].expand(z.shape[0])
-            with torch.set_grad_enabled(torch.is_grad_enabled() and i == last):
-                x0 = student(x, t, labels)
-            if i < last:
-                eps = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
-                x = student.noise(x0.detach(), eps, times[i + 1].expand(z.shape[0]))
-        return x0
+        return renoising_sample(student, z, self.student_times, labels, generator, train_step)
 
     def _train_samples(self, k: int, generator: torch.Generator, device: torch.device) -> tuple[Tensor, Tensor]:
         """(x = G_k(z, c) [B, ...], labels [B]) for one training micro-batch of student k."""

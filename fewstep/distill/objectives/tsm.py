@@ -24,9 +24,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fewstep.pipelines.class_conditional import null_class
-from fewstep.samplers import get_schedule
+from fewstep.samplers import NetworkDenoiser, get_schedule
 
-from ..distribution_matching import NetworkDenoiser
 from .base import Objective, Teacher, register_objective, sample_class_conditional
 from .msd import check_teacher
 
