@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "sample": "fewstep.commands.sample",
     "boss": "fewstep.commands.boss",
     "fit-sampler": "fewstep.commands.fit_sampler",
+    "pairs": "fewstep.commands.pairs",
     "fid": "fewstep.commands.fid",
     "train": "fewstep.commands.train",
     "lsd": "fewstep.commands.lsd",

@@ -19,7 +19,6 @@ import copy
 import hashlib
 import json
 import math
-import os
 import shutil
 import warnings
 import zipfile
@@ -33,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .config import DataConfig, ModelConfig, TrainConfig, save_config
 from .objectives import Objective, Teacher, build_objective
+from .processes import distributed_without_gpu
 
 CHECKPOINT_PREFIX = "step_"
 STATE_FILE = "trainer_state.json"
@@ -438,7 +438,7 @@ class Trainer:
         self.run_dir = Path(config.run_dir)
         check_run_dir(self.run_dir)  # before any model is built or trained
         self.accelerator = Accelerator(
-            cpu=_distributed_without_gpu(),
+            cpu=distributed_without_gpu(),
             mixed_precision=config.mixed_precision,
             log_with=None if config.log_with == "none" else config.log_with,
             project_config=ProjectConfiguration(project_dir=str(self.run_dir), logging_dir=str(self.run_dir / "logs")),
@@ -447,11 +447,11 @@ class Trainer:
         self.teacher = load_model_teacher(config.model)
         model = build_model(config.model, self.teacher)
         self.objective: Objective = build_objective(config.objective.name, config.objective.options, model, self.teacher)
+        if self.teacher is not None:  # on the device before objectives make data with it (teacher pairs)
+            self.teacher.network.to(self.accelerator.device)
         make_dataset = getattr(self.objective, "make_dataset", None)  # objectives that make (or add to) their data
         self.dataset = make_dataset(lambda: build_dataset(config.data)) if make_dataset is not None else build_dataset(config.data)
         self.objective.check_data(self.dataset, config.model.num_classes)
-        if self.teacher is not None:
-            self.teacher.network.to(self.accelerator.device)
         self.phase_names = list(dict.fromkeys(self.objective.phases))  # one optimizer per distinct phase
         self.resume_from = resolve_resume(self.run_dir, resume, len(self.objective.networks), len(self.phase_names))
         self.resume_state = (read_checkpoint_state(self.resume_from, self.objective.networks, self.objective.signature())
@@ -779,15 +779,6 @@ def _wait_past_event_files(folder: Path) -> None:
     deadline = time.monotonic() + 2.0
     while stamps and int(time.time()) <= max(stamps) and time.monotonic() < deadline:
         time.sleep(0.05)
-
-
-def _distributed_without_gpu() -> bool:
-    """True under a multi-process launch (torchrun / `accelerate launch --multi_gpu`) on a machine without CUDA.
-
-    accelerate only sets up its gloo MULTI_CPU mode when asked for the CPU; otherwise each
-    process would silently train alone.
-    """
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
 
 
 def _scaled_lr_groups(groups: list[dict[str, Any]], lr: float) -> list[dict[str, Any]]:

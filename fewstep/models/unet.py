@@ -9,7 +9,12 @@ from __future__ import annotations
 
 from diffusers import UNet2DModel
 
-__all__ = ["small_unet"]
+__all__ = ["norm_groups", "small_unet"]
+
+
+def norm_groups(block_out_channels: tuple[int, ...], most: int = 8) -> int:
+    """The largest GroupNorm group count <= `most` that divides every block width (8 for the usual widths)."""
+    return max(g for g in range(1, most + 1) if all(c % g == 0 for c in block_out_channels))
 
 
 def small_unet(
@@ -37,7 +42,7 @@ def small_unet(
         layers_per_block=layers_per_block,
         down_block_types=tuple(down),
         up_block_types=tuple(up),
-        norm_num_groups=min(8, min(block_out_channels)),
+        norm_num_groups=norm_groups(block_out_channels),
         num_class_embeds=num_classes + 1,
     )
 

@@ -1,6 +1,7 @@
 """diffusers integration: FewStepScheduler (fewstep's solvers behind the scheduler contract) and the pipelines.
 
-Importing this package registers `ClassConditionalPipeline` and `MultiStudentPipeline` with diffusers, so
+Importing this package registers `ClassConditionalPipeline`, `MultiStudentPipeline` and `OneStepFlowPipeline` with
+diffusers, so
 `DiffusionPipeline.from_pretrained("assets/teachers/mnist_flow")` works after `import fewstep.pipelines`.
 diffusers is imported here, by the network classes in `fewstep.models` (diffusers models and
 `ModelMixin` subclasses) and by what builds on them (`fewstep.metrics.mnist`, `fewstep.distill`);
@@ -10,6 +11,7 @@ diffusers is imported here, by the network classes in `fewstep.models` (diffuser
 from . import class_conditional  # noqa: F401  (registers ClassConditionalPipeline with diffusers)
 from .class_conditional import ClassConditionalPipeline
 from .multi_student import MultiStudentPipeline
+from .one_step import OneStepFlowPipeline
 from .scheduler import FewStepScheduler
 
-__all__ = ["ClassConditionalPipeline", "FewStepScheduler", "MultiStudentPipeline"]
+__all__ = ["ClassConditionalPipeline", "FewStepScheduler", "MultiStudentPipeline", "OneStepFlowPipeline"]

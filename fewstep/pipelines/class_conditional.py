@@ -135,5 +135,6 @@ def register_with_diffusers(pipeline_class: type = ClassConditionalPipeline) -> 
 
 register_with_diffusers()
 
-# MultiStudentPipeline builds on this class; importing it here registers it whenever this module is.
-from . import multi_student  # noqa: E402,F401
+# MultiStudentPipeline and OneStepFlowPipeline build on this class; importing them here registers them
+# whenever this module is.
+from . import multi_student, one_step  # noqa: E402,F401

@@ -24,6 +24,7 @@ class LoadedTeacher:
     sample_shape: tuple[int, ...]
     num_classes: int  # 0 for unconditional models
     scheduler_config: dict
+    source: str | None = None  # the pipeline folder it was loaded from
 
     def fingerprint(self) -> str:
         """A short hash of the network's parameter names, shapes and value sums (identifies the teacher).
@@ -113,4 +114,5 @@ def load_teacher(pipeline_dir: str | Path, device: str | torch.device = "cpu") -
         sample_shape=sample_shape(network),
         num_classes=num_classes,
         scheduler_config=dict(pipe.scheduler.config),
+        source=str(pipeline_dir),
     )

@@ -35,17 +35,18 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset, TensorDataset
 
 from fewstep.pipelines.class_conditional import null_class, sample_shape
-from fewstep.samplers import NetworkDenoiser, get_schedule, renoising_sample, sample
+from fewstep.samplers import NetworkDenoiser, renoising_sample
 
 from ..distribution_matching import (
     DiscriminatorHead, FeatureTap, dm_gradient, dm_surrogate_loss, feature_width, gan_discriminator_loss,
     gan_generator_loss,
 )
+from ..teacher_pairs import PairRecipe, teacher_pair_dataset
 from ..partitions import PARTITIONS, check_group_count, partition_classes, routing_table
 from .base import Objective, Teacher, register_objective
 
-#: teacher solver of the regression pairs (DMD1) and noises per batch while making them.
-PAIR_SOLVER, PAIR_BATCH = "dpmpp_2m", 256
+#: teacher solver of the regression pairs (DMD1).
+PAIR_SOLVER = "dpmpp_2m"
 
 
 @dataclass
@@ -134,25 +135,18 @@ class MultiStudentDistillation(Objective):
         noise, samples, labels = self.teacher_pairs()
         return PairedDataset(real, TensorDataset(noise, samples, labels))
 
-    @torch.no_grad()
     def teacher_pairs(self) -> tuple[Tensor, Tensor, Tensor]:
-        """(noise, teacher ODE sample, label) for `regression_pairs` seeded noises, classes cycled (DMD1's dataset)."""
+        """(noise, teacher ODE sample, label) for `regression_pairs` seeded noises, classes cycled (DMD1's dataset).
+
+        Made by the shared teacher-pair generator (`fewstep.distill.teacher_pairs`): the guided
+        teacher's DPM-Solver++(2M) on a logSNR grid of `regression_steps`.
+        """
         opts, teacher = self.options, self.teacher
         assert teacher is not None
-        denoiser = teacher.guided(opts.guidance_scale)
-        ts = get_schedule("logsnr", teacher.path, opts.regression_steps)
-        generator = torch.Generator().manual_seed(opts.seed)
-        device = next(teacher.network.parameters()).device
-        noises, samples, labels = [], [], []
-        for start in range(0, opts.regression_pairs, PAIR_BATCH):
-            count = min(PAIR_BATCH, opts.regression_pairs - start)
-            noise = torch.randn((count, *teacher.sample_shape), generator=generator)
-            label = torch.arange(start, start + count) % self.num_classes
-            out = sample(denoiser, noise.to(device), ts, PAIR_SOLVER, class_labels=label.to(device)).x
-            noises.append(noise)
-            samples.append(out.float().cpu())
-            labels.append(label)
-        return torch.cat(noises), torch.cat(samples), torch.cat(labels)
+        recipe = PairRecipe.from_solver(PAIR_SOLVER, teacher.path, opts.regression_steps, schedule="logsnr",
+                                        guidance_scale=opts.guidance_scale, seed=opts.seed)
+        states, labels = teacher_pair_dataset(teacher, recipe, opts.regression_pairs, progress=False).tensors
+        return states[:, 0], states[:, 1], labels
 
     def check_data(self, dataset: Dataset, num_classes: int) -> None:
         """Real items must have the teacher's sample shape and labels inside its classes (GAN head's real data)."""

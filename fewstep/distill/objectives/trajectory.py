@@ -1,9 +1,11 @@
-"""Objectives that train a student on a pretrained teacher's ODE trajectories (BOSS straightening, reflow).
+"""Objectives that train a student on a pretrained teacher's ODE trajectories (BOSS straightening, reflow, SlimFlow).
 
 The teacher arrives whole (network, noise path, prediction type, scheduler config); a frozen
-copy of its (EMA) network is integrated with DDIM / Euler on a fine uniform grid of *its own*
-path from `num_noises` seeded noises, and the subclass keeps the states it needs
-(`keep_indices`). The student is a rectified flow that starts from the *same* weights — fully
+copy of its (EMA) network is integrated by `teacher_solver` (default DDIM / Euler) on a uniform
+grid of *its own* path from `num_noises` seeded noises, and the subclass keeps the states it
+needs (`keep_indices`). The solves are made by `fewstep.distill.teacher_pairs` (one generator
+for every such objective; stored as resumable safetensors shards in `pairs_dir`, or in memory).
+In BOSS straightening and reflow the student is a rectified flow that starts from the *same* weights — fully
 trainable, or frozen with LoRA adapters (`peft`, Hu et al. 2021) on its linear and
 convolution layers when `lora_rank > 0`; adapters are merged into the weights on export.
 """
@@ -18,18 +20,14 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import Dataset
 
-from fewstep.pipelines.class_conditional import null_class, sample_shape
-from fewstep.samplers import Denoiser, RectifiedFlowPath, get_schedule
-from fewstep.samplers.boss import teacher_trajectories
+from fewstep.samplers import Denoiser, RectifiedFlowPath, get_schedule, get_solver
 from fewstep.samplers.spec import SamplerSpec
 
+from ..teacher_pairs import PairRecipe, teacher_pair_dataset
+
 from .base import Objective, Teacher, sample_class_conditional
-
-#: teacher trajectories integrated per batch while building the dataset.
-TRAJECTORY_BATCH = 256
-
 
 def add_lora(model: nn.Module, rank: int, alpha: float | None = None) -> nn.Module:
     """Freeze `model` and inject LoRA adapters (peft) of `rank` into its Linear / Conv2d layers, in place."""
@@ -67,43 +65,53 @@ def has_lora(model: nn.Module) -> bool:
 
 
 @dataclass
-class TrajectoryOptions:
-    """Options shared by the objectives that learn from teacher trajectories (`boss_straighten`, `reflow`)."""
+class PairOptions:
+    """Options of the teacher pairs an objective learns from (`fewstep.distill.teacher_pairs`)."""
 
-    spec: str | None = None  # a sampler spec (fewstep boss schedule --out): the grid to straighten / preview
-    num_noises: int = 1024  # teacher trajectories stored
-    fine_steps: int = 100  # the teacher's fine uniform grid (a BOSS spec must lie on it)
-    lora_rank: int = 0  # > 0 trains LoRA adapters (peft) instead of every weight
+    num_noises: int = 1024  # teacher solves stored
+    fine_steps: int = 100  # the teacher's steps on a uniform grid (BOSS: the fine grid its spec lies on)
+    teacher_solver: str = "ddim"  # the fewstep solver of the teacher's solves (ddim = Euler for a flow)
+    pairs_dir: str | None = None  # store / reuse the pairs as safetensors shards there (None: in memory)
+    shard_size: int = 1024  # pairs per shard
     seed: int = 0  # the teacher's noises
 
     def __post_init__(self) -> None:
-        if self.num_noises < 1 or self.fine_steps < 2:
-            raise ValueError(f"need objective.num_noises >= 1 and objective.fine_steps >= 2, got {self.num_noises} "
-                             f"and {self.fine_steps}")
+        if self.num_noises < 1 or self.fine_steps < 1 or self.shard_size < 1:
+            raise ValueError(f"need objective.num_noises, objective.fine_steps and objective.shard_size >= 1, got "
+                             f"{self.num_noises}, {self.fine_steps} and {self.shard_size}")
+        get_solver(self.teacher_solver)  # a clear error naming the solvers
+
+
+@dataclass
+class TrajectoryOptions(PairOptions):
+    """Options shared by the objectives that learn from teacher trajectories (`boss_straighten`, `reflow`)."""
+
+    spec: str | None = None  # a sampler spec (fewstep boss schedule --out): the grid to straighten / preview
+    lora_rank: int = 0  # > 0 trains LoRA adapters (peft) instead of every weight
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.fine_steps < 2:
+            raise ValueError(f"need objective.fine_steps >= 2, got {self.fine_steps}")
         if self.lora_rank < 0:
             raise ValueError(f"objective.lora_rank must be >= 0 (0 trains every weight), got {self.lora_rank}")
 
 
-class TeacherTrajectoryObjective(Objective):
-    """Base: frozen teacher copy, teacher states on a fine grid as the dataset, Euler previews on `self.ts`."""
+class TeacherPairObjective(Objective):
+    """Base: a frozen teacher whose solves (`keep_indices()` of its grid) are the dataset; a rectified-flow student."""
 
-    Options = TrajectoryOptions
     teacher_use = "required"
 
-    def __init__(self, model: nn.Module, options: TrajectoryOptions, teacher: Teacher | None) -> None:
+    def __init__(self, model: nn.Module, options: PairOptions, teacher: Teacher | None) -> None:
         if teacher is None:
             raise ValueError(f"objective.name={self.name} learns from a teacher's trajectories: set "
                              "model.type=pretrained and model.pretrained=PIPELINE_FOLDER (e.g. assets/teachers/mnist_flow)")
         super().__init__({"model": model}, teacher)
         self.options = options
         self.path = RectifiedFlowPath(getattr(teacher.path, "num_train_timesteps", 1000))  # the student's path
-        self.frozen = teacher.network.eval().requires_grad_(False)  # the teacher's (EMA) weights; model is a copy
-        if options.lora_rank > 0:
-            add_lora(model, options.lora_rank)
+        self.frozen = teacher.network.eval().requires_grad_(False)  # the teacher's (EMA) weights
         self.num_noises, self.fine_steps, self.seed = options.num_noises, options.fine_steps, options.seed
         self.fine_ts = get_schedule("uniform", teacher.path, self.fine_steps)
-        self.ts = self.fine_ts  # the grid previews and the exported scheduler use; subclasses narrow it
-        self.spec_file: str | None = None
 
     def teacher_denoiser(self) -> Denoiser:
         """The frozen teacher as x0-predictor on its own path, with its own prediction type."""
@@ -111,36 +119,49 @@ class TeacherTrajectoryObjective(Objective):
 
     @abstractmethod
     def keep_indices(self) -> list[int]:
-        """Positions on the fine grid whose teacher states the dataset stores."""
+        """Positions on the teacher's grid whose states the dataset stores."""
 
-    @torch.no_grad()
+    def pair_teacher(self) -> Teacher:
+        """The teacher whose solves are the data (default: the objective's teacher)."""
+        return self.teacher
+
+    def pair_recipe(self) -> PairRecipe:
+        """How the teacher's solves are made: `teacher_solver` on the uniform `fine_steps` grid, `keep_indices()` kept."""
+        opts = self.options
+        return PairRecipe(solver=opts.teacher_solver, ts=self.fine_ts, keep=tuple(self.keep_indices()), seed=opts.seed,
+                          shard_size=opts.shard_size)
+
     def make_dataset(self, real_data: Any = None) -> Dataset:
-        """(teacher states at `keep_indices()` [N, k, ...], class labels [N]) for `num_noises` seeded noises.
+        """Teacher pairs (states [N, k, ...], labels [N]) for `num_noises` seeded noises, stored in `pairs_dir` if set.
 
         `real_data` (the loop's builder of the config's dataset) is not used: the data is the teacher's.
         """
-        keep = self.keep_indices()
-        denoiser = self.teacher_denoiser()
-        generator = torch.Generator().manual_seed(self.seed)
-        num_classes = null_class(self.frozen)
-        states, labels = [], []
-        for start in range(0, self.num_noises, TRAJECTORY_BATCH):
-            count = min(TRAJECTORY_BATCH, self.num_noises - start)
-            noise = torch.randn((count, *sample_shape(self.frozen)), generator=generator)
-            batch_labels = torch.arange(start, start + count) % num_classes
-            xs, _ = teacher_trajectories(denoiser, noise, self.fine_ts, class_labels=batch_labels)
-            states.append(xs[keep].transpose(0, 1).float())
-            labels.append(batch_labels)
-        return TensorDataset(torch.cat(states), torch.cat(labels))
+        return teacher_pair_dataset(self.pair_teacher(), self.pair_recipe(), self.num_noises, self.options.pairs_dir)
 
     def check_data(self, dataset: Dataset, num_classes: int) -> None:
         """The dataset is made here from the teacher; nothing to check."""
 
+    def velocity(self, x: Tensor, t: Tensor, labels: Tensor) -> Tensor:
+        """The student's velocity [B, ...] at (x [B, ...], t [B] float64, t = 1 noise) on its flow path."""
+        timestep = self.path.model_time(t.cpu().double()).to(device=x.device, dtype=torch.float32)
+        return self.networks["model"](x, timestep, class_labels=labels).sample
+
     def velocity_loss(self, x: Tensor, t: Tensor, target: Tensor, labels: Tensor) -> Tensor:
         """Mean squared error of the student's velocity at (x [B, ...], t [B]) against `target`."""
-        timestep = self.path.model_time(t.cpu().double()).to(device=x.device, dtype=torch.float32)
-        velocity = self.networks["model"](x, timestep, class_labels=labels).sample
-        return torch.mean((velocity.float() - target.float()) ** 2)
+        return torch.mean((self.velocity(x, t, labels).float() - target.float()) ** 2)
+
+
+class TeacherTrajectoryObjective(TeacherPairObjective):
+    """Base: a student that starts from the teacher's weights (or LoRA on them), Euler previews on `self.ts`."""
+
+    Options = TrajectoryOptions
+
+    def __init__(self, model: nn.Module, options: TrajectoryOptions, teacher: Teacher | None) -> None:
+        super().__init__(model, options, teacher)
+        if options.lora_rank > 0:
+            add_lora(model, options.lora_rank)
+        self.ts = self.fine_ts  # the grid previews and the exported scheduler use; subclasses narrow it
+        self.spec_file: str | None = None
 
     @torch.no_grad()
     def sample(self, networks: dict[str, nn.Module], class_labels: Tensor, generator: torch.Generator, num_steps: int,
