@@ -54,9 +54,8 @@ def _runs(teacher_name: str, kind: str, nfes: list[int], reference_steps: int) -
         spec = shipped_spec(teacher_name, nfe)
         if spec is not None:
             runs.append((LEARNED_LABEL, nfe, {"spec": spec}))
-    student = shipped_student(teacher_name)
-    if student is not None:
-        runs.append((STUDENT_LABEL, 1, {"student": student}))
+    for label, student in shipped_students(teacher_name):
+        runs.append((label, 1, {"student": student}))
     return runs
 
 
@@ -64,16 +63,23 @@ def _runs(teacher_name: str, kind: str, nfes: list[int], reference_steps: int) -
 LEARNED_LABEL = "learned grid (assets/specs)"
 
 
-#: the demo row of the one-step MSD students shipped in assets/students (distilled with guidance 2 built in).
-STUDENT_LABEL = "MSD students, 1 step (assets/students)"
+#: the demo rows of the one-step students shipped in assets/students as <teacher><suffix> (guidance 2 built in).
+STUDENT_LABELS = {
+    "_msd": "MSD students, 1 step (assets/students)",
+    "_slimflow": "SlimFlow 1/4-size student, 1 step",
+}
 
 
-def shipped_student(teacher_name: str) -> Path | None:
-    """assets/students/<teacher>_msd (a MultiStudentPipeline distilled from the teacher) if it is shipped."""
+def shipped_students(teacher_name: str) -> list[tuple[str, Path]]:
+    """(demo label, folder) of each one-step student of the teacher shipped in assets/students (MSD, SlimFlow)."""
     from fewstep.io import assets_dir
 
-    path = assets_dir() / "students" / f"{Path(teacher_name).name}_msd"
-    return path if (path / "model_index.json").is_file() else None
+    found = []
+    for suffix, label in STUDENT_LABELS.items():
+        path = assets_dir() / "students" / f"{Path(teacher_name).name}{suffix}"
+        if (path / "model_index.json").is_file():
+            found.append((label, path))
+    return found
 
 
 def shipped_spec(teacher_name: str, nfe: int) -> Path | None:
@@ -89,7 +95,7 @@ def _sampler_args(how: dict, teacher, steps: int) -> dict:
     from fewstep.samplers import get_schedule
     from fewstep.samplers.spec import SamplerSpec
 
-    if "student" in how:  # one step from pure noise: any solver returns the students' x0
+    if "student" in how:  # one step from pure noise: any solver returns the students' x0 (Euler for a flow student)
         return {"ts": get_schedule("uniform", teacher.path, steps), "solver": "ddim"}
     if "spec" in how:
         spec = SamplerSpec.load(how["spec"])

@@ -22,7 +22,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--solver", default=None, help=f"one of {', '.join(available_solvers())} (default dpmpp_2m)")
     parser.add_argument("--schedule", default=None,
                         help=f"one of {', '.join(available_schedules()[:-1])} (default uniform)")
-    parser.add_argument("--steps", type=int, default=None, help="number of steps (default 10)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="number of steps (default: the pipeline's own, 1 for one-step students; else 10)")
     parser.add_argument("--spec", type=Path, default=None,
                         help="a sampler spec: fixes the solver, grid and step count (a different --steps or "
                         "--solver is refused, as FewStepScheduler refuses it)")
@@ -69,7 +70,8 @@ def run(args) -> int:
     else:
         solver = args.solver or "dpmpp_2m"
         get_solver(solver)  # clear error for unknown names
-        sampler = {"ts": get_schedule(args.schedule or "uniform", teacher.path, args.steps or 10), "solver": solver}
+        steps = args.steps or teacher.default_steps or 10
+        sampler = {"ts": get_schedule(args.schedule or "uniform", teacher.path, steps), "solver": solver}
     images, labels, nfe = generate_images(teacher, num_images=args.n, seed=args.seed, batch_size=args.batch_size,
                                           guidance_scale=args.guidance_scale, device=args.device, **sampler)
     solver, ts = sampler["solver"], sampler["ts"]

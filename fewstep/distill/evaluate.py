@@ -85,6 +85,30 @@ def mixture_sample_report(x: Tensor, labels: Tensor, mixture: str = "8gaussians"
 
 
 @torch.no_grad()
+def straightness(denoiser: Any, noise: Tensor, steps: int = 32, **cond: Any) -> float:
+    """Straightness of a flow (Liu et al. 2023): S = int_0^1 E ||(z - x_end) - v(x_t, t)||^2 dt along its own solve.
+
+    `denoiser` is an x0-predictor on a rectified-flow path (`Denoiser(network, path, prediction_type)`);
+    the flow is integrated from `noise` z [B, ...] with `steps` Euler steps on a uniform grid, and its
+    velocity v = (x_t - x0_hat) / t at each step is compared with the straight line from z to the
+    endpoint (mean over coordinates; 0 for a flow that moves on straight lines at constant speed).
+    """
+    from fewstep.samplers import get_schedule, sample
+
+    ts = get_schedule("uniform", denoiser.path, steps)
+    state, velocities = [noise.float()], []
+
+    def record(info: Any) -> None:  # after step i: state[-1] was x(t_i), x0_hat its prediction
+        velocities.append((state[-1] - info.x0_hat) / info.t)
+        state.append(info.x)
+
+    end = sample(denoiser, noise.float(), ts, "ddim", callback=record, **cond).x
+    line = noise.float() - end
+    dts = (ts[:-1] - ts[1:]).tolist()
+    return float(sum(dt * (line - v).pow(2).mean() for dt, v in zip(dts, velocities)))
+
+
+@torch.no_grad()
 def mnist_label_accuracy(images: Tensor, labels: Tensor, classifier: Any | None = None) -> float:
     """Fraction of images [N, 1, 32, 32] in [-1, 1] that the shipped MNIST classifier labels as `labels`."""
     from fewstep.metrics.mnist import classifier_accuracy, load_mnist_classifier

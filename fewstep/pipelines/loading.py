@@ -25,6 +25,7 @@ class LoadedTeacher:
     num_classes: int  # 0 for unconditional models
     scheduler_config: dict
     source: str | None = None  # the pipeline folder it was loaded from
+    default_steps: int | None = None  # the pipeline's own default step count (one-step students: 1)
 
     def fingerprint(self) -> str:
         """A short hash of the network's parameter names, shapes and value sums (identifies the teacher).
@@ -115,4 +116,5 @@ def load_teacher(pipeline_dir: str | Path, device: str | torch.device = "cpu") -
         num_classes=num_classes,
         scheduler_config=dict(pipe.scheduler.config),
         source=str(pipeline_dir),
+        default_steps=getattr(pipe, "default_inference_steps", None),
     )

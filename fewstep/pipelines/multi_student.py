@@ -39,6 +39,11 @@ class MultiStudentPipeline(ClassConditionalPipeline):
         return [int(k) for k in self.unet.config.routing]
 
     @property
+    def default_inference_steps(self) -> int:
+        """What `fewstep sample` uses when --steps is not given: the students' training times."""
+        return len(self.student_times)
+
+    @property
     def student_times(self) -> list[float]:
         """The times (t = 1 noise) the students were trained to be evaluated at."""
         return [float(t) for t in self.config.student_times]

@@ -22,6 +22,9 @@ from .class_conditional import ClassConditionalPipeline, register_with_diffusers
 class OneStepFlowPipeline(ClassConditionalPipeline):
     """`ClassConditionalPipeline` for a one-step flow student: `num_inference_steps` defaults to 1."""
 
+    #: what `fewstep sample` uses when --steps is not given.
+    default_inference_steps = 1
+
     def __call__(self, class_labels: Any = None, num_inference_steps: int = 1, guidance_scale: float = 1.0,
                  **kwargs: Any) -> Any:
         """Samples in `num_inference_steps` (default 1) of the scheduler; see `ClassConditionalPipeline.__call__`."""

@@ -91,12 +91,13 @@ def test_the_loss_regresses_the_velocity_to_the_annealed_noise():
                                 model, teacher)
     states, labels = objective.make_dataset().tensors
     noise, data = states[:, 0], states[:, 1]
-    at_zero = objective.loss((states, labels), 100, torch.Generator().manual_seed(0))  # beta = 0: the pairs' coupling
+    # (seed 5: the training noise must not coincide with the pairs' own seeded noise)
+    at_zero = objective.loss((states, labels), 100, torch.Generator().manual_seed(5))  # beta = 0: the pairs' coupling
     assert float(at_zero["beta"]) == 0.0
     torch.testing.assert_close(at_zero["loss"], ((noise - data) ** 2).mean())
-    at_one = objective.loss((states, labels), 0, torch.Generator().manual_seed(0))  # beta = 1: independent noise
-    g = torch.Generator().manual_seed(0)
-    fresh = torch.randn(noise.shape, generator=g)
+    at_one = objective.loss((states, labels), 0, torch.Generator().manual_seed(5))  # beta = 1: independent noise
+    fresh = torch.randn(noise.shape, generator=torch.Generator().manual_seed(5))
+    assert not torch.allclose(fresh, noise)
     torch.testing.assert_close(at_one["loss"], ((fresh - data) ** 2).mean())
 
 
@@ -320,3 +321,19 @@ def test_bad_input_is_refused_before_anything_is_written(tmp_path, stage1):
     assert not (tmp_path / "g").exists() or not any((tmp_path / "g").iterdir())
     for name in "abcfg":
         assert not (tmp_path / name / "checkpoints").exists()
+
+
+def test_straightness_is_zero_for_straight_flows_and_positive_for_curved_ones():
+    from fewstep.distill.evaluate import straightness
+
+    path = RectifiedFlowPath()
+    g = torch.Generator().manual_seed(0)
+    target = torch.randn(2, generator=g)
+    # the flow of a point mass at `target` moves on straight lines: v = (x - target) / t
+    point = type("Point", (), {"path": path, "__call__": lambda self, x, t, **c: target.expand_as(x)})()
+    z = torch.randn(64, 2, generator=g)
+    assert straightness(point, z, steps=8) < 1e-10
+    # a two-component mixture's flow bends (the posterior mean moves as t falls): S > 0
+    mixture = GaussianMixture(torch.tensor([[-2.0, 0.0], [2.0, 0.0]]), 0.1).denoiser(path)
+    curved = straightness(mixture, z.double(), steps=32)
+    assert curved > 0.05
