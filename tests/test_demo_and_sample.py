@@ -18,9 +18,11 @@ def test_demo_reduced_mode(tmp_path, capsys):
     assert code == 0
     results = json.loads((out / "results.json").read_text())
     assert {r["sampler"] for r in results} == {"DPM-Solver++(3M), 12 steps", "Euler, uniform", "DPM-Solver++(2M), uniform",
-                                               "learned grid (assets/specs)", "MSD students, 1 step (assets/students)"}
-    student = next(r for r in results if r["sampler"].startswith("MSD students"))
-    assert (student["steps"], student["nfe"]) == (1, 1) and student["accuracy"] >= 0.8  # one call per image, right digits
+                                               "learned grid (assets/specs)", "MSD students, 1 step (assets/students)",
+                                               "SlimFlow 1/4-size student, 1 step"}
+    for kind, accuracy in (("MSD students", 0.8), ("SlimFlow", 0.7)):  # (measured on 1,000 images: 98.7 % and ~89 %)
+        student = next(r for r in results if r["sampler"].startswith(kind))
+        assert (student["steps"], student["nfe"]) == (1, 1) and student["accuracy"] >= accuracy  # one call, right digits
     learned = [r for r in results if r["sampler"] == "learned grid (assets/specs)"]
     assert [(r["steps"], r["nfe"]) for r in learned] == [(6, 6)]  # a spec is shipped for NFE 6, none for NFE 2
     assert next(r for r in results if r["steps"] == 12)["nfe"] == 12

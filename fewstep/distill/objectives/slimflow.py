@@ -244,7 +244,8 @@ class FlowGuidedDistillation(SlimFlowObjective):
         if self._pairs_teacher is None:
             from fewstep.pipelines.loading import load_teacher
 
-            self._pairs_teacher = load_teacher(self.options.pairs_teacher)
+            device = next(self.teacher.network.parameters()).device  # the loop's device (teachers move there first)
+            self._pairs_teacher = load_teacher(self.options.pairs_teacher, device)
             check_teacher_kind(self.name, self._pairs_teacher, "flow")
             check_student(self.name, self.networks["model"], self._pairs_teacher)
         return self._pairs_teacher
