@@ -1,8 +1,8 @@
 """diffusers integration: FewStepScheduler (fewstep's solvers behind the scheduler contract) and the pipelines.
 
-Importing this package registers `ClassConditionalPipeline`, `MultiStudentPipeline` and `OneStepFlowPipeline` with
-diffusers, so
-`DiffusionPipeline.from_pretrained("assets/teachers/mnist_flow")` works after `import fewstep.pipelines`.
+Importing this package registers `ClassConditionalPipeline`, `MultiStudentPipeline` and `OneStepFlowPipeline`
+with diffusers, so `DiffusionPipeline.from_pretrained("assets/teachers/mnist_flow")` works after
+`import fewstep.pipelines`.
 diffusers is imported here, by the network classes in `fewstep.models` (diffusers models and
 `ModelMixin` subclasses) and by what builds on them (`fewstep.metrics.mnist`, `fewstep.distill`);
 `fewstep.samplers` never imports it (a test enforces that), and `import fewstep` alone does not.
