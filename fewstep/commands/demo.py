@@ -66,7 +66,7 @@ LEARNED_LABEL = "learned grid (assets/specs)"
 #: the demo rows of the one-step students shipped in assets/students as <teacher><suffix> (guidance 2 built in).
 STUDENT_LABELS = {
     "_msd": "MSD students, 1 step (assets/students)",
-    "_slimflow": "SlimFlow 1/4-size student, 1 step",
+    "_slimflow": "SlimFlow 1/2-size student, 1 step",
 }
 
 
