@@ -41,8 +41,8 @@ from ..distribution_matching import (
     DiscriminatorHead, FeatureTap, dm_gradient, dm_surrogate_loss, feature_width, gan_discriminator_loss,
     gan_generator_loss,
 )
-from ..teacher_pairs import PairRecipe, teacher_pair_dataset
 from ..partitions import PARTITIONS, check_group_count, partition_classes, routing_table
+from ..teacher_pairs import PairRecipe, teacher_pair_dataset
 from .base import Objective, Teacher, register_objective
 
 #: teacher solver of the regression pairs (DMD1).
