@@ -149,14 +149,15 @@ def format_results(results: list[dict], n: int) -> str:
         nfes = sorted({r["nfe"] for r in rows if not r["sampler"].endswith("steps")})
         lines.append(f"\n{teacher}: FID_{n} on mnist features vs embedded MNIST (classifier accuracy) "
                      "| RMS pixel error vs the reference run from the same noise")
-        lines.append("sampler".ljust(32) + "".join(f"NFE {v}".rjust(26) for v in nfes))
+        width = max(32, *(len(r["sampler"]) + 2 for r in rows))
+        lines.append("sampler".ljust(width) + "".join(f"NFE {v}".rjust(26) for v in nfes))
         for sampler in dict.fromkeys(r["sampler"] for r in rows):
             cells = {r["nfe"]: r for r in rows if r["sampler"] == sampler}
             text = "".join((_cell(cells[v]) if v in cells else "").rjust(26) for v in nfes)
             if sampler.endswith("steps"):
                 only = next(iter(cells.values()))
                 text = f"{_cell(only)} at NFE {only['nfe']}".rjust(26)
-            lines.append(sampler.ljust(32) + text)
+            lines.append(sampler.ljust(width) + text)
     return "\n".join(lines)
 
 
