@@ -27,6 +27,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench_common import mnist_score_cells, parameter_count  # noqa: E402
 from fewstep.io import describe_machine  # noqa: E402
 
 TEACHER_STEPS = (1, 2, 4, 8, 32)
@@ -41,9 +42,6 @@ MIXTURE_VARIANTS = {
 #: quarter-size MLP students (width 64): TSM-initialised or random.
 SMALL_STUDENT = ["model.width=64", "model.num_blocks=3"]
 
-
-def parameter_count(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
 
 
 def mixture_samples(pipe, per_class: int, steps: int = 1, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -131,22 +129,12 @@ def mixture_part(out: Path, max_steps: int, tsm_steps: int, per_class: int) -> s
 
 def mnist_part(teachers: list[str], students: dict[str, str], num_images: int, batch_size: int, replicates: int) -> str:
     from fewstep.metrics.mnist import MnistScorer
-    from fewstep.metrics.resample import bootstrap_fd
     from fewstep.pipelines.loading import load_teacher
-    from fewstep.pipelines.scoring import generate_images
-    from fewstep.samplers import get_schedule
 
     scorer = MnistScorer()
 
     def score(model, steps: int, guidance: float) -> tuple[str, float]:
-        start = time.perf_counter()
-        images, labels, nfe = generate_images(model, get_schedule("uniform", model.path, steps), "dpmpp_2m", num_images,
-                                              seed=0, batch_size=batch_size, guidance_scale=guidance)
-        seconds = (time.perf_counter() - start) / num_images
-        scores = scorer.score(images, labels)
-        interval = bootstrap_fd(scorer.features(images), scorer.reference, replicates=replicates)
-        cells = f"{scores.fid:.2f} [{interval.low:.2f}, {interval.high:.2f}] | {100 * scores.accuracy:.1f}% | {nfe}"
-        return cells, seconds
+        return mnist_score_cells(scorer, model, steps, "dpmpp_2m", guidance, num_images, batch_size, replicates)
 
     lines = [f"\nMNIST, {num_images} images (FID_{num_images} on mnist features with a 95 % bootstrap interval, "
              f"{replicates} replicates; label accuracy of the shipped classifier; time per image relative to the "

@@ -33,15 +33,13 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench_common import mnist_score_cells, parameter_count  # noqa: E402
 from fewstep.io import describe_machine  # noqa: E402
 
 STUDENT_STEPS = (1, 2, 4)
 TEACHER_STEPS = (1, 2, 4, 32)
 MIXTURE_STUDENT = ["model.type=mlp", "model.width=32", "model.num_blocks=2"]
 
-
-def parameter_count(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
 
 
 # -- exact mixture ---------------------------------------------------------------------------
@@ -165,23 +163,14 @@ def mixture_part(out: Path, reflow_steps: int, distill_steps: int, per_class: in
 def mnist_part(students: dict[str, str], num_images: int, batch_size: int, replicates: int) -> str:
     from fewstep.distill.evaluate import straightness
     from fewstep.metrics.mnist import MnistScorer
-    from fewstep.metrics.resample import bootstrap_fd
     from fewstep.pipelines.loading import load_teacher
-    from fewstep.pipelines.scoring import generate_images
-    from fewstep.samplers import get_schedule
 
     scorer = MnistScorer()
     probe = torch.randn(256, 1, 32, 32, generator=torch.Generator().manual_seed(7))
     probe_labels = torch.arange(256) % 10
 
     def score(model, steps: int, solver: str, guidance: float) -> tuple[str, float]:
-        start = time.perf_counter()
-        images, labels, nfe = generate_images(model, get_schedule("uniform", model.path, steps), solver, num_images,
-                                              seed=0, batch_size=batch_size, guidance_scale=guidance)
-        seconds = (time.perf_counter() - start) / num_images
-        scores = scorer.score(images, labels)
-        interval = bootstrap_fd(scorer.features(images), scorer.reference, replicates=replicates)
-        return f"{scores.fid:.2f} [{interval.low:.2f}, {interval.high:.2f}] | {100 * scores.accuracy:.1f}% | {nfe}", seconds
+        return mnist_score_cells(scorer, model, steps, solver, guidance, num_images, batch_size, replicates)
 
     teacher = load_teacher(REPO / "assets" / "teachers" / "mnist_flow")
     teacher_size = parameter_count(teacher.network)

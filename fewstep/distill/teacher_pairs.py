@@ -59,7 +59,9 @@ class PairRecipe:
     spec: dict[str, Any] = field(default_factory=dict)  # {"file", "sha256"} when the solve comes from a sampler spec
 
     def __post_init__(self) -> None:
-        get_solver(self.solver)  # a clear error for unknown names
+        if get_solver(self.solver).stochastic:  # get_solver: a clear error for unknown names
+            raise ValueError(f"solver {self.solver!r} is stochastic; teacher pairs are the deterministic ODE coupling, "
+                             "so use an ODE solver (e.g. dpmpp_2m, ddim, unipc_bh2)")
         self.ts = validate_grid(torch.as_tensor(self.ts, dtype=torch.float64))
         n = self.ts.numel() - 1
         self.keep = tuple(int(i) for i in self.keep) or (0, n)

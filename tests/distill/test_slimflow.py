@@ -72,23 +72,26 @@ def test_flip_moves_image_and_noise_together():
     assert 16 < sum(both) < 48
 
 
-class ZeroVelocity(nn.Module):
-    """A network whose velocity is 0 everywhere (the loss is then the target's mean square)."""
+class ScaledInput(nn.Module):
+    """A network whose velocity is w x (w = 0: the loss is the target's mean square; w = 1 exposes x_t)."""
 
-    def __init__(self, template: nn.Module) -> None:
+    def __init__(self, template: nn.Module, w: float) -> None:
         super().__init__()
-        self.config, self.weight = template.config, nn.Parameter(torch.zeros(()))
+        self.config, self.weight = template.config, nn.Parameter(torch.tensor(float(w)))
         self.sample_shape = (2,)
 
     def forward(self, x, timestep, class_labels=None):
         return type("Out", (), {"sample": x * self.weight})()
 
 
+def reflow_objective(teacher, w: float):
+    options = AnnealingReflowOptions(num_noises=64, fine_steps=4, anneal_steps=100)
+    return build_objective("slimflow_reflow", options, ScaledInput(teacher.network, w), teacher)
+
+
 def test_the_loss_regresses_the_velocity_to_the_annealed_noise():
     teacher = load_teacher(TEACHER)
-    model = ZeroVelocity(teacher.network)
-    objective = build_objective("slimflow_reflow", AnnealingReflowOptions(num_noises=64, fine_steps=4, anneal_steps=100),
-                                model, teacher)
+    objective = reflow_objective(teacher, 0.0)
     states, labels = objective.make_dataset().tensors
     noise, data = states[:, 0], states[:, 1]
     # (seed 5: the training noise must not coincide with the pairs' own seeded noise)
@@ -99,6 +102,14 @@ def test_the_loss_regresses_the_velocity_to_the_annealed_noise():
     fresh = torch.randn(noise.shape, generator=torch.Generator().manual_seed(5))
     assert not torch.allclose(fresh, noise)
     torch.testing.assert_close(at_one["loss"], ((fresh - data) ** 2).mean())
+    # with velocity = x the loss also checks the interpolant x_t = (1 - t) data + t noise and the target's sign
+    identity = reflow_objective(teacher, 1.0)
+    g = torch.Generator().manual_seed(5)
+    torch.randn(noise.shape, generator=g)  # the fresh noise (unused at beta = 0), then the times
+    t = (1e-3 + (1 - 1e-3) * torch.rand(64, generator=g, dtype=torch.float64)).float()[:, None]
+    x_t = (1 - t) * data + t * noise
+    expected = ((x_t - (noise - data)) ** 2).mean()
+    torch.testing.assert_close(identity.loss((states, labels), 100, torch.Generator().manual_seed(5))["loss"], expected)
 
 
 class ExactFlow(nn.Module):
@@ -196,7 +207,7 @@ def test_distances():
     assert float(pair_distance(a, b, "pseudo_huber", c=1.0)) == pytest.approx(math.sqrt(2.0) - 1.0, rel=1e-6)
 
 
-def test_guidance_term_pulls_the_one_step_sample_to_the_guide():
+def test_distill_loss_is_the_one_step_term_plus_the_weighted_two_step_term():
     """Loss terms: one_step = d(z - v, sample); two_step = d(z - v, two-step target); weight 0 drops the second."""
     teacher = load_teacher(TEACHER)
     student = ClassConditionalMLP(dim=2, width=32, num_blocks=1, num_class_embeds=9)

@@ -142,6 +142,8 @@ def test_bad_recipes_are_refused(teacher):
         PairRecipe.from_solver("no_such_solver", teacher.path, 4)
     with pytest.raises(ValueError, match="kept grid positions"):
         PairRecipe.from_solver("ddim", teacher.path, 4, keep=(0, 9))
+    with pytest.raises(ValueError, match="stochastic"):
+        PairRecipe.from_solver("sde_dpmpp_2m", teacher.path, 4)
     with pytest.raises(ValueError, match=">= 1 step"):
         PairRecipe.from_solver("ddim", teacher.path, 0)
     with pytest.raises(ValueError, match=">= 1"):

@@ -18,13 +18,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from fewstep.samplers import from_x0_eps, get_schedule
+from fewstep.samplers import get_schedule
 
 from .base import Teacher, register_objective
 from .trajectory import TeacherTrajectoryObjective, TrajectoryOptions, load_flow_spec, spec_path
 
-#: training times are drawn from [T_MIN, 1] (the flow is defined up to t = 1; t = 0 is the data itself).
-T_MIN = 1e-3
 #: Euler steps of the previews when no spec is given.
 PREVIEW_STEPS = 4
 
@@ -47,9 +45,4 @@ class Reflow(TeacherTrajectoryObjective):
 
     def loss(self, batch: Any, step: int, generator: torch.Generator, phase: str = "main") -> dict[str, Tensor]:
         pairs, labels = batch  # [B, 2, ...] (noise, sample), [B]
-        noise, data = pairs[:, 0], pairs[:, 1]
-        t = T_MIN + (1 - T_MIN) * torch.rand(noise.shape[0], generator=generator, device=noise.device, dtype=torch.float64)
-        alpha, sigma = (v.to(noise.dtype).reshape(-1, *[1] * (noise.ndim - 1)) for v in self.path.alpha_sigma(t.cpu()))
-        alpha, sigma = alpha.to(noise.device), sigma.to(noise.device)
-        x_t = alpha * data + sigma * noise
-        return {"loss": self.velocity_loss(x_t, t, from_x0_eps(data, noise, alpha, sigma, "flow_prediction"), labels)}
+        return {"loss": self.coupling_loss(pairs[:, 1], pairs[:, 0], labels, generator)}

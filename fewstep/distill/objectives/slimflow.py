@@ -41,8 +41,6 @@ from ..teacher_pairs import PairRecipe
 from .base import Teacher, check_teacher_kind, register_objective, sample_class_conditional
 from .trajectory import PairOptions, TeacherPairObjective
 
-#: training times of the flow-matching loss are drawn from [T_MIN, 1].
-T_MIN = 1e-3
 DISTANCES = ("l2", "pseudo_huber")
 
 
@@ -217,11 +215,7 @@ class AnnealingReflow(SlimFlowObjective):
             paired, data = flip_pairs(paired, data, generator)
         beta = self.beta(step)
         fresh = torch.randn(paired.shape, generator=generator, device=paired.device, dtype=paired.dtype)
-        noise = annealed_noise(paired, fresh, beta)
-        t = T_MIN + (1 - T_MIN) * torch.rand(data.shape[0], generator=generator, device=data.device, dtype=torch.float64)
-        t_b = t.to(data.dtype).reshape(-1, *[1] * (data.ndim - 1))
-        x_t = (1 - t_b) * data + t_b * noise
-        loss = self.velocity_loss(x_t, t, noise - data, labels)
+        loss = self.coupling_loss(data, annealed_noise(paired, fresh, beta), labels, generator)
         return {"loss": loss, "beta": torch.tensor(beta)}
 
 
@@ -254,8 +248,7 @@ class FlowGuidedDistillation(SlimFlowObjective):
         states, labels = batch  # [B, 2, ...] (noise, sample), [B]
         z, data = states[:, 0], states[:, -1]
         opts = self.options
-        ones = torch.ones(z.shape[0], dtype=torch.float64)
-        velocity = self.velocity(z, ones, labels)
+        velocity = self.velocity(z, torch.ones(z.shape[0], dtype=torch.float64), labels)
         one_step = z - velocity
         one_step_loss = pair_distance(one_step, data, opts.distance, opts.huber_c)
         out = {"one_step": one_step_loss.detach()}

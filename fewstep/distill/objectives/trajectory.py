@@ -22,12 +22,15 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from fewstep.samplers import Denoiser, RectifiedFlowPath, get_schedule, get_solver
+from fewstep.samplers import Denoiser, NetworkDenoiser, RectifiedFlowPath, get_schedule, get_solver
 from fewstep.samplers.spec import SamplerSpec
 
 from ..teacher_pairs import PairRecipe, teacher_pair_dataset
 
 from .base import Objective, Teacher, sample_class_conditional
+
+#: training times of flow matching on a coupling are drawn from [T_MIN, 1] (t = 0 is the data itself).
+T_MIN = 1e-3
 
 def add_lora(model: nn.Module, rank: int, alpha: float | None = None) -> nn.Module:
     """Freeze `model` and inject LoRA adapters (peft) of `rank` into its Linear / Conv2d layers, in place."""
@@ -141,14 +144,25 @@ class TeacherPairObjective(Objective):
     def check_data(self, dataset: Dataset, num_classes: int) -> None:
         """The dataset is made here from the teacher; nothing to check."""
 
+    def student(self) -> NetworkDenoiser:
+        """The student (the loop's current, possibly wrapped network) on its rectified-flow path."""
+        return NetworkDenoiser(self.networks["model"], self.path, "flow_prediction")
+
     def velocity(self, x: Tensor, t: Tensor, labels: Tensor) -> Tensor:
-        """The student's velocity [B, ...] at (x [B, ...], t [B] float64, t = 1 noise) on its flow path."""
-        timestep = self.path.model_time(t.cpu().double()).to(device=x.device, dtype=torch.float32)
-        return self.networks["model"](x, timestep, class_labels=labels).sample
+        """The student's velocity [B, ...] at (x [B, ...], t [B] float64 on the CPU, t = 1 noise)."""
+        return self.student().raw(x, t.cpu().double(), labels)
 
     def velocity_loss(self, x: Tensor, t: Tensor, target: Tensor, labels: Tensor) -> Tensor:
         """Mean squared error of the student's velocity at (x [B, ...], t [B]) against `target`."""
         return torch.mean((self.velocity(x, t, labels).float() - target.float()) ** 2)
+
+    def coupling_loss(self, data: Tensor, noise: Tensor, labels: Tensor, generator: torch.Generator) -> Tensor:
+        """Flow matching on a coupling (rectified flow): x_t on the student's path between data and its paired
+        noise [B, ...], t ~ U(T_MIN, 1), regressing the path's velocity target (noise - data)."""
+        t = T_MIN + (1 - T_MIN) * torch.rand(data.shape[0], generator=generator, device=data.device, dtype=torch.float64)
+        t = t.cpu()
+        student = self.student()
+        return self.velocity_loss(student.noise(data, noise, t), t, student.target(data, noise, t), labels)
 
 
 class TeacherTrajectoryObjective(TeacherPairObjective):
