@@ -1,8 +1,9 @@
-"""`fewstep fid`: FID / FD / KID between image folders, .npz image batches and .npz statistics.
+"""`fewstep fid`: FID / FD / KID between image or audio folders, .npz image batches and .npz statistics.
 
     fewstep fid samples/ ref_stats.npz                 # folder vs precomputed statistics
     fewstep fid stats data/train/ --out train.npz      # write statistics
     fewstep fid a/ b/ --kid --bootstrap 200 --json
+    fewstep fid clips/ music:test --features music     # .wav/.flac clips vs the shipped music statistics
     accelerate launch -m fewstep fid samples/ ref.npz  # features computed across processes
 """
 
@@ -22,12 +23,16 @@ TF1 bilinear resize: the same number pytorch-fid and torch-fidelity report), FD 
 registered feature network, KID, FID-infinity and bootstrap intervals.
 
   fewstep fid A B [options]              A, B: image folder (recursive png/jpg/jpeg/webp/bmp),
-                                         ADM-style .npz image batch (arr_0, uint8 NHWC), or
-                                         .npz statistics (mu, sigma; pytorch-fid/EDM compatible)
+                                         ADM-style .npz image batch (arr_0, uint8 NHWC),
+                                         .npz statistics (mu, sigma; pytorch-fid/EDM compatible),
+                                         audio folder (recursive wav/flac; --features music), or
+                                         a shipped reference NAME:SPLIT (music:test, mnist:all, ...)
   fewstep fid stats A --out FILE.npz     write A's statistics (mu, sigma + extractor, protocol, n);
                                          an existing FILE is refused unless --overwrite
 
 To score a folder literally named "stats", write ./stats.
+Audio clips must be mono at the extractor's rate (music: 8 kHz; nothing is resampled); each is
+cropped to its first 2.048 s or zero-padded at the end to that length.
 Under `accelerate launch [--multi_gpu --num_processes N] -m fewstep fid ...` features are
 computed across processes (on CPU-only machines they join over gloo).
 """
@@ -37,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add `fid` to the `fewstep` CLI."""
     parser = subparsers.add_parser(
         "fid",
-        help="FID / KID / FD between image folders, .npz image batches and .npz statistics",
+        help="FID / KID / FD between image or audio folders, .npz image batches and .npz statistics",
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -46,10 +51,11 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true",
                         help="with `stats`: replace an existing --out file (refused otherwise)")
     parser.add_argument("--features", default=None,
-                        help="feature extractor: a registered name (inception, mnist, ...) or "
+                        help="feature extractor: a registered name (inception, mnist, music, ...) or "
                              "package.module:callable, the callable being an nn.Module (instance or "
                              "class), a function images -> features, or a factory returning a module "
-                             "(default: the statistics file's extractor, else inception)")
+                             "(default: the statistics file's extractor, else music for audio "
+                             "folders and inception for images)")
     parser.add_argument("--weights", default=None,
                         help="weights file for the extractor (inception: else $FEWSTEP_INCEPTION_WEIGHTS, "
                              "else the torch hub cache)")
@@ -133,19 +139,31 @@ def _check_stats_provenance(stats_list: list, feature_name: str | None, extracto
     return notes
 
 
-def _default_features(loaded: list) -> str:
-    """The extractor named in the statistics files (so `fewstep fid x/ ref.npz` just works), else inception."""
+def _default_features(loaded: list, kinds: list[str]) -> str:
+    """The extractor named in the statistics files (so `fewstep fid x/ ref.npz` just works), else
+    music for audio folders and inception for images."""
     from fewstep.metrics.features import available_feature_extractors
 
     names = [stats.extractor for _, stats in loaded if stats.extractor != "unknown"]
     if not names:
-        return "inception"
+        return "music" if "audio" in kinds else "inception"
     if names[0] not in available_feature_extractors():
         raise ValueError(
             f"{loaded[0][0]!r} was computed with extractor {names[0]!r}, which is not registered here; "
             "pass --features NAME or --features package.module:callable"
         )
     return names[0]
+
+
+def _check_modalities(paths: list[str], kinds: list[str], feature_name: str) -> None:
+    """Refuse audio for image extractors (and images for audio ones) before any weights are loaded."""
+    from fewstep.metrics.extract import check_modality
+    from fewstep.metrics.features import feature_extractor_modality
+
+    modality = feature_extractor_modality(feature_name)
+    if modality is not None:  # a package.module:callable spec is checked once built
+        for path, kind in zip(paths, kinds):
+            check_modality(path, kind, modality, feature_name)
 
 
 def _cuda_available() -> bool:
@@ -176,22 +194,26 @@ def _describe_report(report: Any) -> dict:
 def run(args: argparse.Namespace) -> int:
     """Compute statistics / scores as asked; prints text or JSON on the main process."""
     from fewstep.metrics.extract import Distributed
-    from fewstep.metrics.inputs import input_kind
+    from fewstep.metrics.inputs import input_kind, resolve_input
     from fewstep.metrics.stats import load_stats
 
     stats_mode = _check_args(args)
     if stats_mode:
         _check_output(args.out, args.overwrite)
-    paths = args.inputs[1:] if stats_mode else args.inputs
+    paths = [resolve_input(path) for path in (args.inputs[1:] if stats_mode else args.inputs)]
     kinds = [input_kind(path) for path in paths]
     if stats_mode and kinds[0] == "stats":
-        raise ValueError(f"{paths[0]!r} already holds statistics; give an image folder or .npz image batch")
+        raise ValueError(f"{paths[0]!r} already holds statistics; give an image or audio folder or .npz image batch")
+    if "audio" in kinds and ({"folder", "images"} & set(kinds)):
+        raise ValueError(f"cannot compare audio with images ({', '.join(f'{p}: {k}' for p, k in zip(paths, kinds))}); "
+                         "give two audio folders (or one and music statistics) or two image sets")
     loaded = [(path, load_stats(path)) for path, kind in zip(paths, kinds) if kind == "stats"]
     if args.kid and loaded:
         raise ValueError("KID needs the features of both sets; give images, not statistics, on both sides")
     if (args.bootstrap or args.fid_inf) and len(loaded) == 2:
         raise ValueError("--bootstrap and --fid-inf need images on at least one side")
-    feature_name = args.features or _default_features(loaded)
+    feature_name = args.features or _default_features(loaded, kinds)
+    _check_modalities(paths, kinds, feature_name)
     notes = _check_stats_provenance(loaded, feature_name, None) if all(k == "stats" for k in kinds) else []
 
     dist = Distributed(cpu=True if (args.device or "").startswith("cpu") else None)
@@ -300,7 +322,8 @@ def _print(result: dict, as_json: bool) -> None:
         return
     lines = []
     if "stats" in result:
-        lines.append(f"wrote {result['stats']}: {result['inputs'][0]['n']} images, "
+        what = "clips" if result["inputs"][0]["kind"] == "audio" else "images"
+        lines.append(f"wrote {result['stats']}: {result['inputs'][0]['n']} {what}, "
                      f"{result['feature_dim']}-d {result['extractor']} features")
     else:
         key = result["metric"].lower()

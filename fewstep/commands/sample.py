@@ -27,12 +27,20 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--spec", type=Path, default=None,
                         help="a sampler spec: fixes the solver, grid and step count (a different --steps or "
                         "--solver is refused, as FewStepScheduler refuses it)")
-    parser.add_argument("--n", type=int, default=100, help="number of images")
+    parser.add_argument("--n", type=int, default=None, help="number of images (default 100); music: clips per prompt (default 4)")
     parser.add_argument("--guidance-scale", type=float, default=1.0)
     parser.add_argument("--batch-size", type=int, default=250)
     parser.add_argument("--out", type=Path, required=True, help="output folder (created; must be empty or absent)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
+    music = parser.add_argument_group("music (AceStepPipeline folders): WAV files + a spectrogram PNG")
+    music.add_argument("--prompt", action="append", default=None,
+                       help="caption, e.g. 'piano, 120 bpm, C major' (repeat for several)")
+    music.add_argument("--lyrics", action="append", default=None, help="lyrics (one, or one per --prompt)")
+    music.add_argument("--duration", type=float, default=None, help="seconds per clip (default: the training clip length)")
+    music.add_argument("--shift", type=float, default=3.0, help="time shift of the pipeline's grid (ACE-Step: 3)")
+    music.add_argument("--guidance", choices=("apg", "cfg"), default="apg",
+                       help="guidance when --guidance-scale > 1: APG (the pipeline's) or plain CFG")
     return parser
 
 
@@ -46,6 +54,13 @@ def run(args) -> int:
     from fewstep.samplers import get_schedule, get_solver
     from fewstep.samplers.spec import SamplerSpec
 
+    from fewstep.pipelines.music import is_music_pipeline
+
+    if is_music_pipeline(args.pipeline):
+        return run_music(args)
+    if args.prompt or args.lyrics or args.duration is not None:
+        raise ValueError(f"--prompt / --lyrics / --duration are for music pipelines (AceStepPipeline); {args.pipeline} is not one")
+    args.n = 100 if args.n is None else args.n
     if args.n < 1 or (args.steps is not None and args.steps < 1):
         raise ValueError("--n and --steps must be >= 1")
     check_writable_target(args.out, "--out", folder=True)
@@ -98,3 +113,46 @@ def check_spec_arguments(spec, args) -> None:
         raise ValueError(f"{args.spec} uses solver {spec.solver!r}; drop --solver {args.solver} or sample without --spec")
     if args.schedule is not None:
         raise ValueError(f"{args.spec} carries its own grid; drop --schedule {args.schedule} or sample without --spec")
+
+
+def run_music(args) -> int:
+    """WAV clips of an AceStepPipeline for each --prompt, a spectrogram grid and sampling.json."""
+    from fewstep.audio import save_spectrogram_grid, write_audio
+    from fewstep.io import check_writable_target, write_atomic
+    from fewstep.pipelines.music import check_prompts, generate_music, load_music_pipeline, music_info
+
+    clips = 4 if args.n is None else args.n
+    if clips < 1 or (args.steps is not None and args.steps < 1):
+        raise ValueError("--n and --steps must be >= 1")
+    if not args.prompt:
+        raise ValueError("a music pipeline needs --prompt (e.g. --prompt 'piano, 120 bpm, C major')")
+    if args.schedule is not None:
+        raise ValueError("AceStepPipeline makes its own grid (t shifted by --shift); drop --schedule, or pass --spec "
+                         "for a BOSS / learned grid")
+    check_writable_target(args.out, "--out", folder=True)
+    if args.out.exists() and any(args.out.iterdir()):
+        raise ValueError(f"{args.out} is not empty; choose a new folder so samples from different runs don't mix")
+    pipe = load_music_pipeline(args.pipeline, solver=args.solver, spec=args.spec, device=args.device)
+    info = music_info(args.pipeline)
+    check_prompts(pipe, args.prompt, info)
+    spec_steps = getattr(getattr(pipe.scheduler, "sampler_spec", None), "num_steps", None)
+    if spec_steps is not None and args.steps is not None and args.steps != spec_steps:
+        raise ValueError(f"{args.spec} is a {spec_steps}-step sampler spec; drop --steps {args.steps} or sample without --spec")
+    steps = spec_steps or args.steps or getattr(pipe, "default_inference_steps", None) or 8
+    samples = generate_music(pipe, args.prompt, args.lyrics or [""], num_clips=clips, num_steps=steps,
+                             guidance_scale=args.guidance_scale, shift=args.shift,
+                             duration=args.duration if args.duration is not None else info.get("clip_seconds"),
+                             seed=args.seed, batch_size=args.batch_size, guidance=args.guidance)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for index, clip in enumerate(samples.audio):
+        write_audio(args.out / f"{index:06d}.wav", clip, samples.sample_rate)
+    grid = save_spectrogram_grid(samples.audio[:16, 0], samples.sample_rate, args.out / "spectrograms.png",
+                                 titles=samples.prompts[:16])
+    record = {"pipeline": str(args.pipeline), "scheduler": dict(pipe.scheduler.config), "steps": steps, "nfe": samples.nfe,
+              "guidance_scale": args.guidance_scale, "guidance": args.guidance, "shift": args.shift, "seed": args.seed,
+              "clips": [{"file": f"{i:06d}.wav", "prompt": p, "lyrics": l}
+                        for i, (p, l) in enumerate(zip(samples.prompts, samples.lyrics))]}
+    write_atomic(args.out / "sampling.json", lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1, default=str)))
+    print(f"wrote {len(samples.audio)} clips to {args.out} (NFE {samples.nfe} each), spectrograms in {grid}\n"
+          f"score them with: fewstep fid {args.out} music:test --features music")
+    return 0

@@ -2,7 +2,8 @@
 
 Every dataset yields `(x, label)`: images are float32 [C, H, W] in [-1, 1]
 (mnist [1, 32, 32], digits [1, 8, 8], photos [3, 32, 32], folders / hf [channels, res, res]);
-mixtures yield points float32 [2]. See docs/data.md.
+mixtures yield points float32 [2]; music and audio folders yield dicts with "audio" float32
+[1, T], "prompt" and "lyrics". See docs/data.md.
 """
 
 from fewstep.data.base import TensorImageDataset, stratified_split
@@ -14,12 +15,28 @@ from fewstep.data.mixtures import (
     mixture_parameters,
     sample_mixture,
 )
+from fewstep.data.music import (
+    INSTRUMENTS,
+    KEYS,
+    TEMPOS,
+    AudioFolderDataset,
+    MusicClipLabel,
+    MusicDataset,
+    random_label,
+    synthesize_clip,
+)
 from fewstep.data.registry import dataset_options, get_dataset, list_datasets
 
 __all__ = [
+    "INSTRUMENTS",
+    "KEYS",
+    "TEMPOS",
+    "AudioFolderDataset",
     "GaussianMixtureDataset",
     "HFImageDataset",
     "ImageFolderDataset",
+    "MusicClipLabel",
+    "MusicDataset",
     "TensorImageDataset",
     "component_labels",
     "dataset_options",
@@ -29,6 +46,8 @@ __all__ = [
     "load_mnist",
     "load_photo_crops",
     "mixture_parameters",
+    "random_label",
     "sample_mixture",
     "stratified_split",
+    "synthesize_clip",
 ]

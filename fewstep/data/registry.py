@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 from torch.utils.data import Dataset
 
-from fewstep.data import embedded, folders, mixtures, sequences
+from fewstep.data import embedded, folders, mixtures, music, sequences
 
 
 def _mixture(name: str) -> Callable[..., Dataset]:
@@ -36,6 +36,14 @@ def _hf(split: str | None = None, **kw: Any) -> Dataset:
     return folders.HFImageDataset(kw.pop("path"), split=split, **kw)
 
 
+def _audio_folder(split: str = "all", **kw: Any) -> Dataset:
+    if split != "all":
+        raise ValueError("audio folders have no built-in split; use split='all'")
+    if "path" not in kw:
+        raise ValueError("get_dataset('audio_folder', path=FOLDER) needs path= (a folder of .wav / .flac / .ogg files)")
+    return music.AudioFolderDataset(kw.pop("path"), **kw)
+
+
 DATASETS: dict[str, Callable[..., Dataset]] = {
     "mnist": embedded.load_mnist,
     "digits": embedded.load_digits,
@@ -43,8 +51,10 @@ DATASETS: dict[str, Callable[..., Dataset]] = {
     **{name: _mixture(name) for name in mixtures.MIXTURES},
     "text": sequences.TextSequenceDataset,
     "markov": sequences.MarkovSequenceDataset,
+    "music": music.MusicDataset,
     "folder": _folder,
     "hf": _hf,
+    "audio_folder": _audio_folder,
 }
 
 
@@ -53,9 +63,10 @@ _SIGNATURES: dict[str, tuple[Callable[..., Any], tuple[str, ...]]] = {
     **{name: (mixtures.GaussianMixtureDataset, ("self", "name", "split")) for name in mixtures.MIXTURES},
     "folder": (folders.ImageFolderDataset, ("self", "root")),
     "hf": (folders.HFImageDataset, ("self", "path", "split")),
+    "audio_folder": (music.AudioFolderDataset, ("self", "path")),
 }
 #: datasets that read user data from `path=` (not counted among their options).
-PATH_DATASETS: tuple[str, ...] = ("folder", "hf")
+PATH_DATASETS: tuple[str, ...] = ("folder", "hf", "audio_folder")
 
 
 def _parameters(name: str) -> dict[str, inspect.Parameter]:
@@ -67,7 +78,7 @@ def _parameters(name: str) -> dict[str, inspect.Parameter]:
 
 
 def dataset_options(name: str) -> dict[str, Any]:
-    """{option: default} that `get_dataset(name, ...)` accepts besides `split` (and `path` for folder / hf)."""
+    """{option: default} that `get_dataset(name, ...)` accepts besides `split` (and `path` for folder / hf / audio_folder)."""
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     return {k: (None if p.default is inspect.Parameter.empty else p.default) for k, p in _parameters(name).items()}
@@ -122,16 +133,18 @@ def list_datasets() -> list[str]:
 
 
 def get_dataset(name: str, split: str | None = "train", **kw: Any) -> Dataset:
-    """Dataset `name` ("mnist", "digits", "photos", "8gaussians", "moons", "text", "markov", "folder", "hf").
+    """Dataset `name` ("mnist", "digits", "photos", "8gaussians", "moons", "text", "markov", "music", "folder", "hf",
+    "audio_folder").
 
-    Embedded sets take split="train" | "test" | "all"; "folder" needs `path=` (split="all" or
-    None); "hf" needs `path=` and takes the Hugging Face split name (None = the only / "train").
-    Extra keywords go to the loader (e.g. `resolution=`, `channels=`, `n=`, `seq_len=` for text and markov).
+    Embedded sets take split="train" | "test" | "all"; "folder" and "audio_folder" need `path=`
+    (split="all" or None); "hf" needs `path=` and takes the Hugging Face split name (None = the
+    only / "train"). Extra keywords go to the loader (e.g. `resolution=`, `channels=`, `n=`,
+    `seq_len=` for text and markov, `seconds=`, `sample_rate=` for music and audio_folder).
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     check_options(name, kw)
-    if name == "folder" and split in (None, "train"):
+    if name in ("folder", "audio_folder") and split in (None, "train"):
         split = "all"
     if name != "hf" and split is None:
         split = "all"

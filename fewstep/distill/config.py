@@ -20,7 +20,9 @@ from typing import Any, Sequence, Union
 
 import yaml
 
-MODEL_TYPES = ("mlp", "unet", "pretrained", "masked_transformer")
+MODEL_TYPES = ("mlp", "unet", "pretrained", "masked_transformer", "oobleck", "acestep")
+#: model types any image / 2-D objective trains (objectives without `model_types`).
+GENERIC_MODEL_TYPES = ("mlp", "unet", "pretrained")
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 TRACKERS = ("tensorboard", "none")
@@ -28,8 +30,9 @@ TRACKERS = ("tensorboard", "none")
 
 @dataclass
 class ModelConfig:
-    """The network: `mlp` (2-D data), `unet` (images, `small_unet`), `pretrained` (a saved pipeline's network)
-    or `masked_transformer` (token sequences, `MaskedDiffusionTransformer`)."""
+    """The network: `mlp` (2-D data), `unet` (images, `small_unet`), `pretrained` (a saved pipeline's network),
+    `masked_transformer` (token sequences, `MaskedDiffusionTransformer`), `oobleck` (a waveform VAE,
+    `AutoencoderOobleck`) or `acestep` (an `AceStepTransformer1DModel` music generator on `objective.autoencoder`'s latents)."""
 
     type: str = "mlp"
     pretrained: str | None = None  # type=pretrained: a pipeline folder whose `unet` is loaded (EMA weights)
@@ -46,7 +49,12 @@ class ModelConfig:
     vocab_size: int = 0  # masked_transformer: real tokens (the dataset's vocab_size; mask id = vocab_size)
     seq_len: int = 64  # masked_transformer: longest sequence
     num_layers: int = 3  # masked_transformer
-    num_heads: int = 4  # masked_transformer
+    num_heads: int = 4  # masked_transformer, acestep
+    sample_rate: int = 8000  # oobleck: audio sample rate (Hz)
+    audio_channels: int = 1  # oobleck: 1 mono, 2 stereo
+    latent_channels: int = 8  # oobleck: latent channels per frame
+    downsampling_ratios: tuple[int, ...] = (4, 4, 16)  # oobleck: the hop is their product (256 samples per frame)
+    patch_size: int = 2  # acestep: latent frames per transformer token
 
 
 @dataclass
@@ -185,11 +193,12 @@ class TrainConfig:
         name, model_type = self.objective.name, self.model.type
         objective = get_objective_class(name)
         allowed = objective.model_types
-        if (allowed is not None and model_type not in allowed) or (allowed is None and model_type == "masked_transformer"):
-            wanted = " or ".join(allowed) if allowed else "mlp, unet or pretrained"
-            raise ValueError(f"objective.name={name} trains model.type={wanted}, not model.type={model_type}"
-                             + ("; model.type=masked_transformer goes with objective.name=masked_diffusion"
-                                if model_type == "masked_transformer" else ""))
+        allowed = allowed if allowed is not None else GENERIC_MODEL_TYPES
+        if model_type not in allowed:
+            partner = {"masked_transformer": "masked_diffusion", "oobleck": "music_autoencoder", "acestep": "acestep"}
+            raise ValueError(f"objective.name={name} trains model.type={' or '.join(allowed)}, not model.type={model_type}"
+                             + (f"; model.type={model_type} goes with objective.name={partner[model_type]}"
+                                if model_type in partner else ""))
         has_teacher = model_type == "pretrained" or self.model.teacher is not None
         if objective.teacher_use == "required" and not has_teacher:
             raise ValueError(f"objective.name={name} learns from a teacher: set model.type=pretrained and "

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .config import DataConfig, ModelConfig, TrainConfig, save_config
+from .config import MODEL_TYPES, DataConfig, ModelConfig, TrainConfig, save_config
 from .objectives import Objective, Teacher, build_objective
 from .processes import distributed_without_gpu
 
@@ -72,13 +72,13 @@ def build_dataset(cfg: DataConfig) -> Dataset:
         raise ValueError(f"data.name={cfg.name!r} is not a dataset; choose one of {', '.join(list_datasets())}")
     kwargs = dict(cfg.options)
     if cfg.path is not None and cfg.name not in PATH_DATASETS:
-        raise ValueError(f"data.path is only read by data.name=folder or hf, not by data.name={cfg.name}; "
-                         "drop data.path (data.path=null) or set data.name=folder")
+        raise ValueError(f"data.path is only read by data.name=folder, hf or audio_folder, not by data.name={cfg.name}; "
+                         "drop data.path (data.path=null) or set data.name=folder (images) or audio_folder (audio)")
     if cfg.path is not None:
         if not Path(cfg.path).exists():
             raise FileNotFoundError(
                 f"data.path {cfg.path!r} does not exist; point data.path at an image folder "
-                "(name=folder) or a saved Hugging Face dataset (name=hf)"
+                "(name=folder), a saved Hugging Face dataset (name=hf) or an audio folder (name=audio_folder)"
             )
         kwargs["path"] = cfg.path
     elif cfg.name in PATH_DATASETS:
@@ -116,7 +116,15 @@ def build_model(cfg: ModelConfig, teacher: Teacher | None = None) -> nn.Module:
 
         return MaskedDiffusionTransformer(vocab_size=cfg.vocab_size, seq_len=cfg.seq_len, dim=cfg.width,
                                           num_layers=cfg.num_layers, num_heads=cfg.num_heads)
-    raise ValueError(f"unknown model.type {cfg.type!r}; choose 'mlp', 'unet', 'pretrained' or 'masked_transformer'")
+    if cfg.type == "oobleck":
+        from fewstep.models.acestep import oobleck_autoencoder
+
+        return oobleck_autoencoder(cfg.latent_channels, cfg.width, cfg.downsampling_ratios, cfg.sample_rate, cfg.audio_channels)
+    if cfg.type == "acestep":
+        from fewstep.models.acestep import acestep_transformer
+
+        return acestep_transformer(cfg.latent_channels, cfg.width, cfg.num_layers, cfg.num_heads, cfg.patch_size)
+    raise ValueError(f"unknown model.type {cfg.type!r}; choose one of: {', '.join(MODEL_TYPES)}")
 
 
 def load_model_teacher(cfg: ModelConfig) -> Teacher | None:
@@ -480,9 +488,10 @@ class Trainer:
             for opt in self.optimizers
         ]
         names = list(self.objective.networks)
-        if self.accelerator.num_processes > 1 and len(self.phase_names) > 1:
+        if self.accelerator.num_processes > 1 and (len(self.phase_names) > 1 or getattr(self.objective, "find_unused_parameters", False)):
             # a phase may run a network whose loss does not reach all of its parameters (a critic
-            # evaluated for the generator's loss): DDP must not wait for their gradients.
+            # evaluated for the generator's loss; a null embedding in a batch without dropout):
+            # DDP must not wait for their gradients.
             self.accelerator.ddp_handler = _ddp_find_unused()
         prepared = self.accelerator.prepare(*self.objective.networks.values(), *self.optimizers)
         prepared = prepared if isinstance(prepared, tuple) else (prepared,)

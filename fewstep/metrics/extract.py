@@ -1,5 +1,9 @@
 """Feature extraction over an input, streamed into float64 statistics, optionally across processes.
 
+Inputs are images (folders, .npz batches) or audio clips (folders; kind 'audio'); the extractor's
+`modality` ('image' unless it says 'audio') must match, and an audio extractor's `sample_rate` and
+`clip_samples` set how clips are read (`fewstep.metrics.inputs.read_clip`).
+
 Under `accelerate launch` each process reads its shard of the input (every world-th file, or a
 block of rows of an .npz batch), accumulates (n, mean, scatter) in float64, and the partial
 statistics are gathered and merged in rank order (Chan et al. pairwise update), so the result
@@ -20,7 +24,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from fewstep.metrics.inputs import InputReport, Item, iterate_folder, iterate_npz_images
+from fewstep.metrics.inputs import InputReport, Item, iterate_audio_folder, iterate_folder, iterate_npz_images
 from fewstep.metrics.stats import StatsAccumulator
 
 
@@ -104,14 +108,38 @@ class Extraction:
     report: InputReport
 
 
-def _batches(path: str, kind: str, batch_size: int, num_workers: int, dist: Distributed) -> tuple[int, Iterator]:
+def extractor_modality(extractor: nn.Module) -> str:
+    """'audio' for extractors of float waveforms (N, 1, T), else 'image' (uint8 (N, C, H, W))."""
+    return getattr(extractor, "modality", "image")
+
+
+def check_modality(path: str, kind: str, modality: str, name: str) -> None:
+    """Refuse an audio input (kind 'audio') for an image extractor and an image input for an audio one."""
+    if kind == "stats" or (kind == "audio") == (modality == "audio"):
+        return
+    if kind == "audio":
+        raise ValueError(
+            f"{str(path)!r} holds audio clips but the feature extractor {name!r} takes images; "
+            "use an audio feature extractor (--features music)"
+        )
+    raise ValueError(
+        f"{str(path)!r} holds images but the feature extractor {name!r} takes audio clips; score images "
+        "with an image extractor (--features inception, mnist, ...) or give a folder of .wav/.flac clips"
+    )
+
+
+def _batches(path: str, kind: str, batch_size: int, num_workers: int, dist: Distributed,
+             extractor: nn.Module) -> tuple[int, Iterator]:
+    if kind == "audio":
+        return iterate_audio_folder(path, batch_size, num_workers, int(extractor.sample_rate),
+                                    int(extractor.clip_samples), dist.rank, dist.world)
     if kind == "folder":
         return iterate_folder(path, batch_size, num_workers, dist.rank, dist.world)
     return iterate_npz_images(path, batch_size, dist.rank, dist.world)
 
 
 def _group_by_shape(items: list[Item]) -> list[list[Item]]:
-    """Split a batch into groups of equal (C, H, W) so each group stacks into one tensor."""
+    """Split a batch into groups of equal (C, H, W) (or (1, T)) so each group stacks into one tensor."""
     groups: dict[tuple, list[Item]] = {}
     for item in items:
         groups.setdefault(tuple(item.image.shape), []).append(item)
@@ -125,7 +153,8 @@ def _run_local(
 ) -> tuple[StatsAccumulator, list[Tensor], list[Tensor]]:
     accumulator = StatsAccumulator(device=device if device.type != "mps" else "cpu")
     kept_features, kept_indices = [], []
-    with tqdm(total=total, desc=f"features {Path(report.path).name}", unit="img", disable=not progress) as bar:
+    what, unit = ("audio", "clip") if report.kind == "audio" else ("image", "img")
+    with tqdm(total=total, desc=f"features {Path(report.path).name}", unit=unit, disable=not progress) as bar:
         for items in batches:
             bar.update(len(items))
             good = []
@@ -136,7 +165,7 @@ def _run_local(
                     report.skipped.append(f"{item.name} ({item.error})")
                 else:
                     raise ValueError(
-                        f"cannot read image {item.name!r}: {item.error}; fix or remove it, or pass --skip-bad"
+                        f"cannot read {what} {item.name!r}: {item.error}; fix or remove it, or pass --skip-bad"
                     )
             for group in _group_by_shape(good):
                 images = torch.stack([item.image for item in group]).to(device)
@@ -149,7 +178,8 @@ def _run_local(
                     kept_features.append(features.float().cpu())
                     kept_indices.append(torch.tensor([item.index for item in group], dtype=torch.int64))
                 report.conversions.update(item.conversion for item in group if item.conversion)
-                report.sizes[f"{group[0].image.shape[2]}x{group[0].image.shape[1]}"] += len(group)
+                shape = group[0].image.shape
+                report.sizes[f"{shape[-1]} samples" if len(shape) == 2 else f"{shape[2]}x{shape[1]}"] += len(group)
     return accumulator, kept_features, kept_indices
 
 
@@ -165,12 +195,13 @@ def extract_features(
     progress: bool = True,
     dist: Distributed | None = None,
 ) -> Extraction:
-    """Statistics (and optionally features, N x D float32 in input order) of an image input."""
+    """Statistics (and optionally features, N x D float32 in input order) of an image or audio input."""
+    check_modality(path, kind, extractor_modality(extractor), getattr(extractor, "name", type(extractor).__name__))
     dist = dist or Distributed()
     device = torch.device(device)
     report = InputReport(path=str(path), kind=kind)
-    total, batches = _batches(path, kind, batch_size, num_workers, dist)
-    local_total = len(range(dist.rank, total, dist.world)) if kind == "folder" else (
+    total, batches = _batches(path, kind, batch_size, num_workers, dist, extractor)
+    local_total = len(range(dist.rank, total, dist.world)) if kind in ("folder", "audio") else (
         total * (dist.rank + 1) // dist.world - total * dist.rank // dist.world)
     error: ValueError | None = None
     try:
@@ -195,7 +226,7 @@ def extract_features(
         all_features = rows[order]
     if report.n < 2:
         raise ValueError(
-            f"{str(path)!r} gave {report.n} usable image(s)"
+            f"{str(path)!r} gave {report.n} usable {'clip' if kind == 'audio' else 'image'}(s)"
             + (f" ({len(report.skipped)} skipped as unreadable)" if report.skipped else "")
             + "; a covariance needs at least 2"
         )

@@ -4,6 +4,10 @@ A `FeatureExtractor` is an `nn.Module` whose `forward(images)` takes uint8 image
 (N, C, H, W) with C in {1, 3, 4} and returns float features (N, D); it does its own resize and
 normalisation, and carries `name`, `feature_dim` and `protocol` (a one-line description of that
 resize/normalisation, written into statistics files and printed with every score).
+An audio extractor (`music`) instead takes float32 waveforms (N, 1, T) and says so with
+`modality = "audio"` plus its `sample_rate` and `clip_samples`; it is registered with
+`modality="audio"` so that `fewstep fid` can refuse images for it (and audio for image
+extractors) before loading any weights.
 
 Names resolve in this order: registered factories, lazily imported built-ins (`inception`,
 `mnist`, ...: importing the module registers the name), then `package.module:callable` specs.
@@ -34,8 +38,11 @@ from torch import Tensor, nn
 _BUILTINS: dict[str, str] = {
     "inception": "fewstep.metrics.inception",
     "mnist": "fewstep.metrics.mnist",
+    "music": "fewstep.metrics.music",
 }
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+_MODALITIES: dict[str, str] = {}
+MODALITIES = ("image", "audio")
 
 
 @runtime_checkable
@@ -49,11 +56,24 @@ class FeatureExtractor(Protocol):
     def __call__(self, images: Tensor) -> Tensor: ...
 
 
-def register_feature_extractor(name: str, factory: Callable[..., nn.Module]) -> None:
-    """Register `factory(device=..., weights=...) -> FeatureExtractor` under `name`."""
+def register_feature_extractor(name: str, factory: Callable[..., nn.Module], modality: str = "image") -> None:
+    """Register `factory(device=..., weights=...) -> FeatureExtractor` under `name`; `modality`
+    says what it embeds: 'image' (uint8 (N, C, H, W)) or 'audio' (float32 waveforms (N, 1, T))."""
     if not name or ":" in name:
         raise ValueError(f"invalid feature extractor name {name!r} (no ':' allowed)")
+    if modality not in MODALITIES:
+        raise ValueError(f"feature extractor modality must be one of {', '.join(MODALITIES)}, got {modality!r}")
     _REGISTRY[name] = factory
+    _MODALITIES[name] = modality
+
+
+def feature_extractor_modality(name: str) -> str | None:
+    """'image' or 'audio' for a registered or built-in name (without building it); None for a spec."""
+    if ":" in name:
+        return None
+    if name not in _REGISTRY and name in _BUILTINS:
+        importlib.import_module(_BUILTINS[name])  # registers the name
+    return _MODALITIES.get(name)
 
 
 def available_feature_extractors() -> list[str]:

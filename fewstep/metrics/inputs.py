@@ -1,15 +1,22 @@
-"""What `fewstep fid` can score: image folders, ADM-style .npz image batches, .npz statistics.
+"""What `fewstep fid` can score: image folders, audio folders, ADM-style .npz image batches,
+.npz statistics, and shipped reference statistics by name (`music:test`, `mnist:all`, ...).
 
 Images are read as uint8 (C, H, W) with their own channel count where the extractors take it
 (L -> 1, RGB -> 3, RGBA -> 4); the extractor converts per its protocol (Inception: gray
 replicated, alpha dropped, which is what `PIL.Image.convert("RGB")` does in pytorch-fid and
 torch-fidelity). Any other PIL mode (P, LA, CMYK, I;16, ...) is converted with
 `convert("RGB")` here. Every conversion is counted and reported.
+
+Audio clips (.wav, .flac) are read as float32 (1, T) waveforms at the extractor's sample rate
+(never resampled: another rate is an error), mono (stereo is an error), and cropped to their
+first `clip_samples` samples or zero-padded at the end to that length (each crop / pad is
+counted and reported). A silent, non-finite or undecodable file is an error naming the file.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import zipfile
 import zlib
 from collections import Counter
@@ -24,13 +31,17 @@ from torch import Tensor
 from fewstep.metrics.stats import npz_keys
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+AUDIO_EXTENSIONS = (".wav", ".flac")
+#: Shipped reference statistics by name: `NAME:SPLIT` is `<assets>/NAME_stats/NAME_SPLIT.npz`.
+REFERENCE_PATTERN = re.compile(r"^([a-z][a-z0-9_]*):([a-z0-9_]+)$")
 _NATIVE_MODES = {"L": "grayscale (1 channel, replicated to RGB by the extractor)", "RGB": None,
                  "RGBA": "RGBA (4 channels, alpha dropped by the extractor)"}
 
 
 @dataclass
 class Item:
-    """One image: global index, uint8 (C, H, W) tensor (None if unreadable), source name, notes."""
+    """One image or clip: global index, uint8 (C, H, W) image or float32 (1, T) waveform (None if
+    unreadable), source name, notes."""
 
     index: int
     image: Tensor | None
@@ -51,15 +62,47 @@ class InputReport:
     sizes: Counter = field(default_factory=Counter)
 
 
+def available_references() -> list[str]:
+    """Names of the shipped reference statistics (`music:test`, `mnist:all`, ...) under the assets folder."""
+    from fewstep.io import assets_dir
+
+    names = []
+    for path in sorted(assets_dir().glob("*_stats/*.npz")):
+        prefix = path.parent.name[: -len("_stats")]
+        if path.stem.startswith(prefix + "_"):
+            names.append(f"{prefix}:{path.stem[len(prefix) + 1:]}")
+    return names
+
+
+def resolve_input(path: str) -> str:
+    """An existing path unchanged; a reference name `NAME:SPLIT` -> its shipped statistics file."""
+    from fewstep.io import ASSETS_ENV, assets_dir
+
+    match = REFERENCE_PATTERN.match(str(path))
+    if Path(path).exists() or match is None:
+        return path
+    name, split = match.groups()
+    stats = assets_dir() / f"{name}_stats" / f"{name}_{split}.npz"
+    if not stats.is_file():
+        raise FileNotFoundError(
+            f"input {path!r} is neither a file or folder nor a shipped reference ({stats} does not exist); "
+            f"references available: {', '.join(available_references()) or 'none'} (assets folder "
+            f"{assets_dir()}, set ${ASSETS_ENV} to use another)"
+        )
+    return str(stats)
+
+
 def input_kind(path: str | os.PathLike) -> str:
-    """'folder', 'images' (.npz with arr_0) or 'stats' (.npz with mu and sigma)."""
+    """'folder' (images), 'audio' (a folder of .wav / .flac clips), 'images' (.npz with arr_0) or
+    'stats' (.npz with mu and sigma)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"input {str(path)!r} does not exist")
     if path.is_dir():
-        return "folder"
+        return _folder_kind(path)
     if path.suffix.lower() != ".npz":
-        raise ValueError(f"input {str(path)!r} must be an image folder or an .npz file (statistics or arr_0 images)")
+        raise ValueError(f"input {str(path)!r} must be a folder (images or .wav/.flac audio) or an .npz file "
+                         "(statistics or arr_0 images)")
     keys = npz_keys(path)
     if "mu" in keys and "sigma" in keys:
         return "stats"
@@ -69,6 +112,98 @@ def input_kind(path: str | os.PathLike) -> str:
         f"{str(path)!r} has neither 'mu'/'sigma' (statistics) nor 'arr_0' (uint8 NHWC image batch); "
         f"keys found: {', '.join(keys) or 'none'}"
     )
+
+
+def _folder_kind(folder: Path) -> str:
+    """'audio' for a folder of audio clips only, else 'folder'; a folder holding both is refused."""
+    suffixes = {p.suffix.lower() for p in folder.rglob("*") if p.suffix}
+    has_audio = bool(suffixes & set(AUDIO_EXTENSIONS))
+    if not has_audio:
+        return "folder"
+    if suffixes & set(IMAGE_EXTENSIONS):
+        raise ValueError(
+            f"{str(folder)!r} holds both images and audio files; a set is one or the other: move the "
+            "audio (.wav, .flac) or the images into their own folder"
+        )
+    return "audio"
+
+
+def list_audio(folder: str | os.PathLike) -> list[Path]:
+    """Audio files (.wav, .flac) under `folder`, recursively, in sorted path order; an error if none."""
+    files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
+    if not files:
+        raise ValueError(f"no audio files ({', '.join(e[1:] for e in AUDIO_EXTENSIONS)}) found under {str(folder)!r}")
+    return files
+
+
+def read_clip(path: Path, sample_rate: int, clip_samples: int) -> tuple[Tensor, str | None]:
+    """Decode one mono audio file to float32 (1, clip_samples), plus a crop / pad note.
+
+    Refused (ValueError with the fix): another sample rate, more than one channel, non-finite
+    or all-zero samples. Clips are cropped to their first `clip_samples` samples, shorter ones
+    zero-padded at the end.
+    """
+    from fewstep.audio import read_audio
+
+    audio, rate = read_audio(path)
+    audio = np.asarray(audio, dtype=np.float32)
+    if rate != sample_rate:
+        raise ValueError(
+            f"sampled at {rate} Hz, but the features take {sample_rate} Hz clips; resample it first, e.g. "
+            f"fewstep.audio.read_audio(path, sample_rate={sample_rate}, resample=True) then write_audio"
+        )
+    if audio.ndim != 2 or audio.shape[0] != 1:
+        channels = audio.shape[0] if audio.ndim == 2 else audio.ndim
+        raise ValueError(
+            f"has {channels} channels, but the features take mono clips; downmix it first, e.g. "
+            "fewstep.audio.read_audio(path, mono=True) then write_audio"
+        )
+    if not np.isfinite(audio).all():
+        raise ValueError("holds NaN or infinite samples; regenerate or remove it")
+    if not np.abs(audio).max() > 0:
+        raise ValueError("is silent (every sample is 0), which has no loudness-normalised features; remove it")
+    length = audio.shape[1]
+    note = None
+    if length > clip_samples:
+        audio, note = audio[:, :clip_samples], f"cropped to the first {clip_samples / sample_rate:g} s"
+    elif length < clip_samples:
+        audio = np.pad(audio, ((0, 0), (0, clip_samples - length)))
+        note = f"zero-padded at the end to {clip_samples / sample_rate:g} s"
+    return torch.from_numpy(np.ascontiguousarray(audio)), note
+
+
+class AudioFileDataset(torch.utils.data.Dataset):
+    """A (sharded) list of audio files -> `Item`s of float32 (1, T); decoding errors are captured."""
+
+    def __init__(self, files: list[Path], indices: list[int], sample_rate: int, clip_samples: int) -> None:
+        self.files, self.indices = files, indices
+        self.sample_rate, self.clip_samples = sample_rate, clip_samples
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> Item:
+        index = self.indices[i]
+        path = self.files[index]
+        try:
+            clip, note = read_clip(path, self.sample_rate, self.clip_samples)
+        except Exception as error:  # soundfile and the checks above raise several types
+            return Item(index, None, str(path), error=str(error) if isinstance(error, ValueError)
+                        else f"{type(error).__name__}: {error}")
+        return Item(index, clip, str(path), conversion=note)
+
+
+def iterate_audio_folder(
+    folder: str | os.PathLike, batch_size: int, num_workers: int, sample_rate: int, clip_samples: int,
+    rank: int = 0, world: int = 1,
+) -> tuple[int, Iterator[list[Item]]]:
+    """(number of clips, batches of `Item`s); rank r reads files r, r + world, ..."""
+    files = list_audio(folder)
+    dataset = AudioFileDataset(files, list(range(rank, len(files), world)), sample_rate, clip_samples)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate, shuffle=False
+    )
+    return len(files), iter(loader)
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:
@@ -217,9 +352,11 @@ def iterate_npz_images(
 
 
 def count_images(path: str | os.PathLike, kind: str) -> int:
-    """Number of images in a folder or .npz batch without decoding any."""
+    """Number of images (or clips) in a folder or .npz batch without decoding any."""
     if kind == "folder":
         return len(list_images(path))
+    if kind == "audio":
+        return len(list_audio(path))
     archive, _, shape, _, _ = _open_npz_array(Path(path))
     archive.close()
     return int(shape[0])

@@ -1,0 +1,189 @@
+"""Sampling fewstep's ACE-Step-style music generators (diffusers' `AceStepPipeline`) with any fewstep scheduler.
+
+    pipe = load_music_pipeline("assets/music/generator", solver="dpmpp_2m")   # or spec="...safetensors"
+    audio = generate_music(pipe, ["piano, 120 bpm, C major"], ["la la lo"], num_clips=4, num_steps=8).audio
+
+`AceStepPipeline` computes its own time grid (N + 1 points of t, shifted by `shift`, ACE-Step's
+default 3) and hands it to the scheduler as `sigmas`; `FewStepScheduler` then runs its solver on
+that grid, or on a sampler spec's own grid (a BOSS or learned spec fixes the step count).
+Guidance: the pipeline's APG (adaptive projected guidance, Sadat et al. 2024) when
+`guidance_scale > 1`; `guidance="cfg"` swaps in plain classifier-free guidance.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+#: the training-data record an exported generator carries (written by the `acestep` objective).
+MUSIC_INFO = "music.json"
+GUIDANCES = ("apg", "cfg")
+
+
+@dataclass
+class MusicSamples:
+    """Generated clips and how they were made."""
+
+    audio: Tensor  # [N, C, T] float32, peak-normalised to -1 dBFS by the pipeline
+    prompts: list[str]
+    lyrics: list[str]
+    sample_rate: int
+    nfe: int  # transformer evaluations per clip
+
+
+def is_music_pipeline(folder: str | Path) -> bool:
+    """True if `folder` holds a saved `AceStepPipeline`."""
+    index = Path(folder) / "model_index.json"
+    return index.is_file() and json.loads(index.read_text()).get("_class_name") == "AceStepPipeline"
+
+
+def music_info(folder: str | Path) -> dict[str, Any]:
+    """The generator's music.json (tags, clip length, sample rate), or {} for an AceStepPipeline made elsewhere."""
+    path = Path(folder) / MUSIC_INFO
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def load_music_pipeline(folder: str | Path, solver: str | None = None, spec: str | Path | None = None,
+                        device: str | torch.device = "cpu") -> Any:
+    """`AceStepPipeline.from_pretrained(folder)` with a `FewStepScheduler` (solver or spec) when one is asked for."""
+    from diffusers import AceStepPipeline
+
+    from .scheduler import FewStepScheduler
+
+    if not is_music_pipeline(folder):
+        raise ValueError(f"{folder} is not a saved AceStepPipeline (model_index.json names another class or is missing)")
+    pipe = AceStepPipeline.from_pretrained(str(folder)).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    if spec is not None:
+        pipe.scheduler = FewStepScheduler.from_config(pipe.scheduler.config, spec=str(spec))
+    elif solver is not None:
+        pipe.scheduler = FewStepScheduler.from_config(pipe.scheduler.config, solver=solver)
+    return pipe
+
+
+def check_prompts(pipe: Any, prompts: list[str], info: dict[str, Any]) -> None:
+    """Refuse captions with words the generator never saw in training, listing the tags it knows."""
+    from fewstep.models.acestep import unknown_words
+
+    for prompt in prompts:
+        unknown = unknown_words(pipe.tokenizer, prompt)
+        if unknown:
+            tags = info.get("tags", {})
+            known = "; ".join(f"{k}: {', '.join(map(str, v))}" for k, v in tags.items()) or "see the training captions"
+            raise ValueError(f"prompt {prompt!r} has words this generator never saw in training: {', '.join(unknown)}. "
+                             f"Write captions like 'piano, 120 bpm, C major' from its tags ({known})")
+
+
+def max_duration(pipe: Any) -> float:
+    """Longest clip (s) the pipeline can make: its condition encoder stores this many silence latent frames."""
+    return pipe.condition_encoder.silence_latent.shape[1] / pipe.latents_per_second
+
+
+def check_duration(pipe: Any, duration: float) -> None:
+    """Refuse a clip length the pipeline cannot make (<= 0, or longer than its silence latents reach)."""
+    longest = max_duration(pipe)
+    if not (duration > 0 and math.isfinite(duration)) or duration > longest:
+        raise ValueError(f"duration {duration} s is out of range; choose 0 < duration <= {longest:.0f} s "
+                         "(the generator was trained on the clip length in its music.json)")
+
+
+def nfe_of(pipe: Any, num_steps: int, guidance_scale: float) -> int:
+    """Transformer evaluations per clip: one per step, two with guidance (batched cond + null)."""
+    steps = len(pipe.scheduler.timesteps) if getattr(pipe.scheduler, "timesteps", None) is not None else num_steps
+    return steps * (2 if guidance_scale > 1 and not pipe.is_turbo else 1)
+
+
+@torch.no_grad()
+def generate_music(pipe: Any, prompts: list[str], lyrics: list[str], num_clips: int = 1, num_steps: int = 8,
+                   guidance_scale: float = 1.0, shift: float = 3.0, duration: float | None = None, seed: int = 0,
+                   batch_size: int = 16, guidance: str = "apg") -> MusicSamples:
+    """`num_clips` clips per (prompt, lyrics) pair, in batches, from seeded noise (clip k of the run: seed + k)."""
+    if len(lyrics) not in (1, len(prompts)):
+        raise ValueError(f"give one lyrics string or one per prompt; got {len(lyrics)} lyrics for {len(prompts)} prompts")
+    if guidance not in GUIDANCES:
+        raise ValueError(f"guidance={guidance!r} is not valid; choose one of: {', '.join(GUIDANCES)}")
+    info = music_info(pipe.config._name_or_path) if getattr(pipe.config, "_name_or_path", None) else {}
+    duration = float(duration if duration is not None else info.get("clip_seconds", 2.048))
+    check_duration(pipe, duration)
+    lyrics = lyrics * len(prompts) if len(lyrics) == 1 else lyrics
+    pairs = [(p, l) for p, l in zip(prompts, lyrics) for _ in range(num_clips)]
+    device = pipe.transformer.device
+    out = []
+    with plain_cfg(pipe) if guidance == "cfg" else _nothing():
+        for lo in range(0, len(pairs), batch_size):
+            chunk = pairs[lo:lo + batch_size]
+            generators = [torch.Generator(device=device).manual_seed(seed + lo + k) for k in range(len(chunk))]
+            audio = pipe(prompt=[p for p, _ in chunk], lyrics=[l for _, l in chunk], audio_duration=duration,
+                         num_inference_steps=num_steps, guidance_scale=guidance_scale, shift=shift,
+                         generator=generators, output_type="pt").audios
+            out.append(audio.float().cpu())
+    return MusicSamples(torch.cat(out), [p for p, _ in pairs], [l for _, l in pairs],
+                        int(pipe.sample_rate), nfe_of(pipe, num_steps, guidance_scale))
+
+
+class _nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+class plain_cfg:
+    """Context: the pipeline's APG step replaced by classifier-free guidance, cond + (w - 1)(cond - uncond)."""
+
+    def __init__(self, pipe: Any) -> None:
+        import diffusers.pipelines.ace_step.pipeline_ace_step as module
+
+        self.module = module
+        self.original = module.normalized_guidance
+
+    def __enter__(self) -> None:
+        def cfg(pred_cond: Tensor, pred_uncond: Tensor, guidance_scale: float, **_: Any) -> Tensor:
+            return pred_cond + guidance_scale * (pred_cond - pred_uncond)  # the pipeline passes w - 1
+
+        self.module.normalized_guidance = cfg
+
+    def __exit__(self, *exc: Any) -> None:
+        self.module.normalized_guidance = self.original
+
+
+class _TransformerAsModel(torch.nn.Module):
+    """`model(x, timestep, encoder_hidden_states=, context_latents=)` -> velocity, for `fewstep.samplers.Denoiser`."""
+
+    def __init__(self, transformer: torch.nn.Module) -> None:
+        super().__init__()
+        self.transformer = transformer
+
+    def forward(self, x: Tensor, timestep: Tensor, encoder_hidden_states: Tensor, context_latents: Tensor) -> Tensor:
+        return self.transformer(hidden_states=x, timestep=timestep, timestep_r=timestep,
+                                encoder_hidden_states=encoder_hidden_states, context_latents=context_latents).sample
+
+
+@torch.no_grad()
+def music_denoiser(pipe: Any, prompts: list[str], lyrics: list[str], duration: float) -> tuple[Any, dict[str, Tensor], tuple[int, ...]]:
+    """(Denoiser on the pipeline's flow path, per-clip conditioning {encoder_hidden_states, context_latents}, latent shape).
+
+    What `AceStepPipeline` feeds its transformer for text-to-music, for fewstep's solvers, BOSS and
+    `fit_sampler` (unguided: guidance_scale 1). Latents are [B, T, C]; t is the pipeline's timestep.
+    """
+    from fewstep.models.acestep import text2music_context
+    from fewstep.samplers import Denoiser, RectifiedFlowPath
+
+    device = pipe.transformer.device
+    text, text_mask, lyric, lyric_mask = pipe.encode_prompt(prompts, lyrics, device, audio_duration=duration)
+    frames = math.ceil(30 * pipe.latents_per_second)
+    silence = pipe.condition_encoder.silence_latent[:, :frames].to(device).expand(len(prompts), -1, -1)
+    states, _ = pipe.condition_encoder(text, text_mask, lyric, lyric_mask, silence, torch.arange(len(prompts), device=device))
+    length = math.ceil(duration * pipe.latents_per_second)
+    context = text2music_context(pipe.condition_encoder, len(prompts), length).to(device)
+    path = RectifiedFlowPath(int(pipe.scheduler.config.num_train_timesteps))
+    denoiser = Denoiser(_TransformerAsModel(pipe.transformer), path, "flow_prediction")
+    shape = (length, int(pipe.transformer.config.audio_acoustic_hidden_dim))
+    return denoiser, {"encoder_hidden_states": states, "context_latents": context}, shape
