@@ -31,6 +31,11 @@ def register(subparsers) -> argparse.ArgumentParser:
                         help="steps of the DPM-Solver++(3M) reference run (default 32; converged on these teachers)")
     parser.add_argument("--guidance-scale", type=float, default=2.0,
                         help="classifier-free guidance (default 2.0, the teachers' setting; 1.0 disables it)")
+    parser.add_argument("--audio", choices=("on", "off", "only"), default="on",
+                        help="the audio part: the shipped music generator (assets/music/generator) with Euler at 60 "
+                        "and 8 steps, DPM-Solver++(2M) and a learned spec at 8, scored and written as WAVs "
+                        "(default on; 'only' skips the MNIST part)")
+    parser.add_argument("--audio-n", type=int, default=64, help="held-out captions per audio run (default 64)")
     parser.add_argument("--out", type=Path, default=Path("out/demo"))
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
@@ -105,6 +110,23 @@ def _sampler_args(how: dict, teacher, steps: int) -> dict:
 
 
 def run(args) -> int:
+    if args.n < 10 or min(args.nfe) < 1:
+        raise ValueError("--n must be >= 10 (one image per class) and --nfe values >= 1")
+    if args.audio != "off" and args.audio_n < 2:
+        raise ValueError("--audio-n must be >= 2 (a Fréchet distance needs two clips)")
+    if args.audio != "only":
+        run_images(args)
+    if args.audio != "off":
+        from .demo_audio import format_audio_results, run_audio_demo
+
+        results = run_audio_demo(args.out, args.audio_n, args.seed, args.device)
+        print(format_audio_results(results, args.audio_n))
+        print(f"wrote {args.out}/results_audio.json, WAVs and spectrograms in {args.out}/audio")
+    return 0
+
+
+def run_images(args) -> None:
+    """The MNIST part: every teacher x sampler x NFE, scored, tabulated, plotted."""
     import torch
     from tqdm.auto import tqdm
 
@@ -113,8 +135,6 @@ def run(args) -> int:
     from fewstep.pipelines.loading import load_teacher
     from fewstep.pipelines.scoring import generate_images, rms_pixel_error
 
-    if args.n < 10 or min(args.nfe) < 1:
-        raise ValueError("--n must be >= 10 (one image per class) and --nfe values >= 1")
     torch.manual_seed(args.seed)
     scorer = MnistScorer(args.device)
     teachers = {name: load_teacher(_teacher_dir(name), args.device) for name in args.teachers}
@@ -138,7 +158,6 @@ def run(args) -> int:
         write_grid({k[1:]: v for k, v in grids.items() if k[0] == name}, args.out / f"{name}_samples.png")
     plot_fid(results, args.out / "fid_vs_nfe.png", args.n)
     print(f"wrote {args.out}/results.json, {args.out}/fid_vs_nfe.png and one sample grid per teacher")
-    return 0
 
 
 def format_results(results: list[dict], n: int) -> str:

@@ -3,7 +3,7 @@
     fewstep fid samples/ ref_stats.npz                 # folder vs precomputed statistics
     fewstep fid stats data/train/ --out train.npz      # write statistics
     fewstep fid a/ b/ --kid --bootstrap 200 --json
-    fewstep fid clips/ music:test --features music     # .wav/.flac clips vs the shipped music statistics
+    fewstep fid clips/ music:test --features music     # .wav/.flac/.ogg clips vs the shipped music statistics
     accelerate launch -m fewstep fid samples/ ref.npz  # features computed across processes
 """
 
@@ -25,7 +25,7 @@ registered feature network, KID, FID-infinity and bootstrap intervals.
   fewstep fid A B [options]              A, B: image folder (recursive png/jpg/jpeg/webp/bmp),
                                          ADM-style .npz image batch (arr_0, uint8 NHWC),
                                          .npz statistics (mu, sigma; pytorch-fid/EDM compatible),
-                                         audio folder (recursive wav/flac; --features music), or
+                                         audio folder (recursive wav/flac/ogg; --features music), or
                                          a shipped reference NAME:SPLIT (music:test, mnist:all, ...)
   fewstep fid stats A --out FILE.npz     write A's statistics (mu, sigma + extractor, protocol, n);
                                          an existing FILE is refused unless --overwrite

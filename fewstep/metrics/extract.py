@@ -124,7 +124,7 @@ def check_modality(path: str, kind: str, modality: str, name: str) -> None:
         )
     raise ValueError(
         f"{str(path)!r} holds images but the feature extractor {name!r} takes audio clips; score images "
-        "with an image extractor (--features inception, mnist, ...) or give a folder of .wav/.flac clips"
+        "with an image extractor (--features inception, mnist, ...) or give a folder of .wav/.flac/.ogg clips"
     )
 
 

@@ -7,7 +7,7 @@ replicated, alpha dropped, which is what `PIL.Image.convert("RGB")` does in pyto
 torch-fidelity). Any other PIL mode (P, LA, CMYK, I;16, ...) is converted with
 `convert("RGB")` here. Every conversion is counted and reported.
 
-Audio clips (.wav, .flac) are read as float32 (1, T) waveforms at the extractor's sample rate
+Audio clips (.wav, .flac, .ogg) are read as float32 (1, T) waveforms at the extractor's sample rate
 (never resampled: another rate is an error), mono (stereo is an error), and cropped to their
 first `clip_samples` samples or zero-padded at the end to that length (each crop / pad is
 counted and reported). A silent, non-finite or undecodable file is an error naming the file.
@@ -31,7 +31,7 @@ from torch import Tensor
 from fewstep.metrics.stats import npz_keys
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-AUDIO_EXTENSIONS = (".wav", ".flac")
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
 #: Shipped reference statistics by name: `NAME:SPLIT` is `<assets>/NAME_stats/NAME_SPLIT.npz`.
 REFERENCE_PATTERN = re.compile(r"^([a-z][a-z0-9_]*):([a-z0-9_]+)$")
 _NATIVE_MODES = {"L": "grayscale (1 channel, replicated to RGB by the extractor)", "RGB": None,
@@ -93,7 +93,7 @@ def resolve_input(path: str) -> str:
 
 
 def input_kind(path: str | os.PathLike) -> str:
-    """'folder' (images), 'audio' (a folder of .wav / .flac clips), 'images' (.npz with arr_0) or
+    """'folder' (images), 'audio' (a folder of .wav / .flac / .ogg clips), 'images' (.npz with arr_0) or
     'stats' (.npz with mu and sigma)."""
     path = Path(path)
     if not path.exists():
@@ -101,7 +101,7 @@ def input_kind(path: str | os.PathLike) -> str:
     if path.is_dir():
         return _folder_kind(path)
     if path.suffix.lower() != ".npz":
-        raise ValueError(f"input {str(path)!r} must be a folder (images or .wav/.flac audio) or an .npz file "
+        raise ValueError(f"input {str(path)!r} must be a folder (images or .wav/.flac/.ogg audio) or an .npz file "
                          "(statistics or arr_0 images)")
     keys = npz_keys(path)
     if "mu" in keys and "sigma" in keys:
@@ -123,13 +123,13 @@ def _folder_kind(folder: Path) -> str:
     if suffixes & set(IMAGE_EXTENSIONS):
         raise ValueError(
             f"{str(folder)!r} holds both images and audio files; a set is one or the other: move the "
-            "audio (.wav, .flac) or the images into their own folder"
+            "audio (.wav, .flac, .ogg) or the images into their own folder"
         )
     return "audio"
 
 
 def list_audio(folder: str | os.PathLike) -> list[Path]:
-    """Audio files (.wav, .flac) under `folder`, recursively, in sorted path order; an error if none."""
+    """Audio files (.wav, .flac, .ogg) under `folder`, recursively, in sorted path order; an error if none."""
     files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
     if not files:
         raise ValueError(f"no audio files ({', '.join(e[1:] for e in AUDIO_EXTENSIONS)}) found under {str(folder)!r}")
@@ -139,29 +139,28 @@ def list_audio(folder: str | os.PathLike) -> list[Path]:
 def read_clip(path: Path, sample_rate: int, clip_samples: int) -> tuple[Tensor, str | None]:
     """Decode one mono audio file to float32 (1, clip_samples), plus a crop / pad note.
 
-    Refused (ValueError with the fix): another sample rate, more than one channel, non-finite
-    or all-zero samples. Clips are cropped to their first `clip_samples` samples, shorter ones
-    zero-padded at the end.
+    Refused (ValueError with the fix): another sample rate, more than one channel, silence
+    (`read_audio` refuses undecodable, empty and non-finite files). Clips are cropped to their
+    first `clip_samples` samples, shorter ones zero-padded at the end.
     """
     from fewstep.audio import read_audio
+    from fewstep.data.music import SILENCE
 
     audio, rate = read_audio(path)
     audio = np.asarray(audio, dtype=np.float32)
     if rate != sample_rate:
         raise ValueError(
-            f"sampled at {rate} Hz, but the features take {sample_rate} Hz clips; resample it first, e.g. "
+            f"it is sampled at {rate} Hz, but the features take {sample_rate} Hz clips; resample it first, e.g. "
             f"fewstep.audio.read_audio(path, sample_rate={sample_rate}, resample=True) then write_audio"
         )
     if audio.ndim != 2 or audio.shape[0] != 1:
         channels = audio.shape[0] if audio.ndim == 2 else audio.ndim
         raise ValueError(
-            f"has {channels} channels, but the features take mono clips; downmix it first, e.g. "
+            f"it has {channels} channels, but the features take mono clips; downmix it first, e.g. "
             "fewstep.audio.read_audio(path, mono=True) then write_audio"
         )
-    if not np.isfinite(audio).all():
-        raise ValueError("holds NaN or infinite samples; regenerate or remove it")
-    if not np.abs(audio).max() > 0:
-        raise ValueError("is silent (every sample is 0), which has no loudness-normalised features; remove it")
+    if not np.abs(audio).max() >= SILENCE:  # read_audio has refused empty and non-finite files
+        raise ValueError(f"it is silent (every |sample| < {SILENCE:g}), so it has no loudness-normalised features")
     length = audio.shape[1]
     note = None
     if length > clip_samples:

@@ -97,12 +97,17 @@ class MusicFeatureNet(ModelMixin, ConfigMixin):
         floor = mel.amax(dim=(1, 2), keepdim=True) - cfg.top_db * math.log(10) / 20  # magnitude dB -> nats
         return torch.maximum(mel, floor)
 
+    def frame_features(self, audio: Tensor) -> Tensor:
+        """audio [B, 1, T] -> per-frame features [B, widths[-1], frames] of the last conv block (64 ms frames,
+        non-negative; REPA targets)."""
+        return self.body(self.norm(self.log_mel(audio)))
+
     def features(self, audio: Tensor) -> Tensor:
-        """audio [B, 1, T] -> features [B, widths[-1]] (non-negative; mean over time of the last conv block)."""
-        return self.body(self.norm(self.log_mel(audio))).mean(dim=-1)
+        """audio [B, 1, T] -> features [B, widths[-1]]: `frame_features` averaged over time."""
+        return self.frame_features(audio).mean(dim=-1)
 
     def forward(self, audio: Tensor) -> dict[str, Tensor]:
-        """audio [B, 1, T] -> {"instrument": [B, 5], "key": [B, 8], "tempo": [B, 4]} logits."""
+        """audio [B, 1, T] -> logits {"instrument": [B, 5], "key": [B, 8], "tempo": [B, 4]}."""
         h = self.drop(self.features(audio))
         return {name: head(h) for name, head in self.heads.items()}
 

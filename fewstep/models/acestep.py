@@ -21,7 +21,7 @@ frames/s) and add the small pieces a trainer needs that the pipeline does inline
 from __future__ import annotations
 
 import math
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -189,6 +189,27 @@ def encode_conditions(condition_encoder: nn.Module, text_hidden: Tensor, text_ma
         both = (drop_text & drop_lyrics)[:, None, None]
         packed = torch.where(both, null.expand_as(packed), packed)
     return packed
+
+
+class ConditionsWithDropout(nn.Module):
+    """An `AceStepConditionEncoder` whose forward is `encode_conditions` (one call, so DDP sees it).
+
+    The trainer's network; `.encoder` is the diffusers module the pipeline is saved with.
+    """
+
+    def __init__(self, encoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    @property
+    def config(self) -> Any:
+        return self.encoder.config
+
+    def forward(self, text_hidden: Tensor, text_mask: Tensor, lyric_hidden: Tensor, lyric_mask: Tensor,
+                timbre_length: int, drop_text: Tensor | None = None, drop_lyrics: Tensor | None = None) -> Tensor:
+        """Packed conditions [B, L, width]; see `encode_conditions`."""
+        return encode_conditions(self.encoder, text_hidden, text_mask, lyric_hidden, lyric_mask, timbre_length,
+                                 drop_text, drop_lyrics)
 
 
 def text2music_context(condition_encoder: nn.Module, batch: int, length: int) -> Tensor:

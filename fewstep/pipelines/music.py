@@ -187,3 +187,48 @@ def music_denoiser(pipe: Any, prompts: list[str], lyrics: list[str], duration: f
     denoiser = Denoiser(_TransformerAsModel(pipe.transformer), path, "flow_prediction")
     shape = (length, int(pipe.transformer.config.audio_acoustic_hidden_dim))
     return denoiser, {"encoder_hidden_states": states, "context_latents": context}, shape
+
+
+@dataclass
+class MusicScores:
+    """Fréchet distance on the `music` features (with a bootstrap interval), conditioning accuracy and speed."""
+
+    fd: float
+    fd_low: float
+    fd_high: float
+    accuracy: dict[str, float]  # instrument / key / tempo / all
+    real_time_factor: float  # seconds of audio per second of compute (larger is faster)
+    nfe: int
+
+    def row(self) -> str:
+        """'FD [low, high] | inst % | key % | tempo % | RTF' for a markdown table."""
+        acc = self.accuracy
+        return (f"{self.fd:.2f} [{self.fd_low:.2f}, {self.fd_high:.2f}] | {100 * acc['instrument']:.0f}% | "
+                f"{100 * acc['key']:.0f}% | {100 * acc['tempo']:.0f}% | {self.real_time_factor:.0f}x")
+
+
+def held_out_music(count: int, seconds: float | None = None) -> tuple[Tensor, list[str], list[str], dict[str, Tensor]]:
+    """(audio [N, 1, T], captions, lyrics, labels) of the first `count` held-out synthetic clips (the FD reference)."""
+    from fewstep.data.music import CLIP_SECONDS, MusicDataset
+
+    data = MusicDataset("test", n_test=count, seconds=seconds or CLIP_SECONDS)
+    items = [data[i] for i in range(len(data))]
+    labels = {k: torch.tensor([item[k] for item in items]) for k in ("instrument", "key", "tempo")}
+    return (torch.stack([item["audio"] for item in items]), [item["prompt"] for item in items],
+            [item["lyrics"] for item in items], labels)
+
+
+def score_music(samples: MusicSamples, labels: dict[str, Tensor], reference_features: Tensor, seconds: float,
+                replicates: int = 200) -> MusicScores:
+    """Score generated clips against real ones: FD (music features, bootstrap CI), accuracy of the requested labels."""
+    from fewstep.metrics.frechet import frechet_distance_from_features
+    from fewstep.metrics.music import build_music_feature_extractor, conditioning_accuracy, real_time_factor
+    from fewstep.metrics.resample import bootstrap_fd
+
+    extractor = build_music_feature_extractor()
+    features = torch.cat([extractor(chunk) for chunk in samples.audio.split(256)]).double()
+    interval = bootstrap_fd(features, reference_features.double(), replicates=replicates)
+    fd = frechet_distance_from_features(features, reference_features.double())
+    accuracy = conditioning_accuracy(samples.audio, labels["instrument"], labels["key"], labels["tempo"])
+    duration = samples.audio.shape[0] * samples.audio.shape[-1] / samples.sample_rate
+    return MusicScores(fd, interval.low, interval.high, accuracy, real_time_factor(duration, seconds), samples.nfe)

@@ -303,12 +303,17 @@ class ContinuousVPPath(NoisePath):
 # ----------------------------------------------------------------------------------------
 
 
+#: smallest finite time of a flow whose model takes t in [0, 1] directly (num_train_timesteps=1).
+CONTINUOUS_T_LO = 1e-3
+
+
 class RectifiedFlowPath(NoisePath):
     """Rectified flow / flow matching: alpha = 1 - t, sigma = t; the net predicts v = eps - x0.
 
     `model_time(t) = t * num_train_timesteps`, the `timesteps` diffusers' flow schedulers
     hand to SD3 / Flux transformers. Time shifts are grid transforms (`schedules.shift_times`),
-    not part of the path, exactly as in diffusers.
+    not part of the path, exactly as in diffusers. Models that take t itself (ACE-Step:
+    `num_train_timesteps=1`) get the finite log-SNR range of a 1000-step model, t in [1e-3, 1 - 1e-3].
     """
 
     kind = "flow"
@@ -316,7 +321,8 @@ class RectifiedFlowPath(NoisePath):
     def __init__(self, num_train_timesteps: int = 1000, t_lo_finite: float | None = None):
         self.num_train_timesteps = int(num_train_timesteps)
         self.t_min = 0.0
-        self.t_lo_finite = float(t_lo_finite) if t_lo_finite is not None else 1.0 / num_train_timesteps
+        default = 1.0 / num_train_timesteps if num_train_timesteps > 1 else CONTINUOUS_T_LO
+        self.t_lo_finite = float(t_lo_finite) if t_lo_finite is not None else default
         self.t_hi_finite = 1.0 - self.t_lo_finite
 
     def alpha_sigma(self, t: Tensor | float) -> tuple[Tensor, Tensor]:

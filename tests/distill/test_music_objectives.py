@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -121,11 +119,11 @@ def test_generator_loss_is_flow_matching_on_shifted_times_with_per_condition_dro
     clip_seconds = T / objective.latents_per_second
     encoded = objective.encode_text(list(batch["prompt"]), list(batch["lyrics"]), x0.device, clip_seconds)
     net = objective.networks
-    states = encode_conditions(net["condition_encoder"], *encoded, timbre_frames(objective.latents_per_second),
+    states = encode_conditions(objective.condition_encoder(), *encoded, timbre_frames(objective.latents_per_second),
                                drop_text, drop_lyrics)
     x_t = (1 - t[:, None, None]) * x0 + t[:, None, None] * eps
     v = net["transformer"](hidden_states=x_t, timestep=t, timestep_r=t, encoder_hidden_states=states,
-                           context_latents=text2music_context(net["condition_encoder"], B, T)).sample
+                           context_latents=text2music_context(objective.condition_encoder(), B, T)).sample
     assert float(out["loss"]) == pytest.approx(float(((v - (eps - x0)) ** 2).mean()), rel=1e-5)
 
 
@@ -163,26 +161,27 @@ def test_repa_adds_a_bounded_alignment_loss_and_trains_its_projector(tmp_path, a
     assert batch["repa"].shape[1] == math.ceil(batch["latents"].shape[1] / 2)  # one target per transformer token
 
 
-def test_sample_cli_writes_wavs_a_spectrogram_grid_and_refuses_unknown_tags(generator, tmp_path):
+def test_sample_cli_writes_wavs_a_spectrogram_grid_and_refuses_unknown_tags(generator, tmp_path, capsys):
     from fewstep.audio import read_audio
+    from fewstep.cli import main
 
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "fewstep", "sample", str(generator), "--prompt", "piano, 120 bpm, C major",
-           "--lyrics", "la la lo", "--steps", "3", "--n", "2", "--solver", "dpmpp_2m", "--out", str(out)]
-    done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env={"OMP_NUM_THREADS": "1", "PATH": ""})
-    assert done.returncode == 0, done.stderr[-2000:]
+    args = ["sample", str(generator), "--prompt", "piano, 120 bpm, C major", "--lyrics", "la la lo", "--steps", "3",
+            "--n", "2", "--solver", "dpmpp_2m"]
+    with single_thread():
+        assert main([*args, "--out", str(out)]) == 0, capsys.readouterr().err[-2000:]
     audio, rate = read_audio(out / "000001.wav")
     assert rate == 8000 and audio.shape == (1, 12288)
     assert (out / "spectrograms.png").is_file()
     record = json.loads((out / "sampling.json").read_text())
     assert record["nfe"] == 3 and record["clips"][0]["lyrics"] == "la la lo"
-    bad = subprocess.run([*cmd[:6], "violin, 120 bpm, C major", *cmd[7:-1], str(tmp_path / "bad")],
-                         capture_output=True, text=True, cwd=REPO, env={"OMP_NUM_THREADS": "1", "PATH": ""})
-    assert bad.returncode != 0 and "violin" in bad.stderr and not (tmp_path / "bad").exists()
-    for extra, message in ((["--schedule", "logsnr"], "own grid"), (["--duration", "0"], "out of range")):
-        bad = subprocess.run([*cmd[:-1], str(tmp_path / "x"), *extra], capture_output=True, text=True, cwd=REPO,
-                             env={"OMP_NUM_THREADS": "1", "PATH": ""})
-        assert bad.returncode != 0 and message in bad.stderr, bad.stderr[-800:]
+    capsys.readouterr()
+    bad_prompt = [*args[:3], "violin, 120 bpm, C major", *args[4:]]
+    for argv, message in ((bad_prompt, "violin"), ([*args, "--schedule", "logsnr"], "own grid"),
+                          ([*args, "--duration", "0"], "out of range")):
+        assert main([*argv, "--out", str(tmp_path / "bad")]) == 2
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / "bad").exists()
 
 
 def test_two_processes_train_the_generator(tmp_path, autoencoder):

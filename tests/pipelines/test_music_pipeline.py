@@ -151,3 +151,38 @@ def test_unknown_tags_and_bad_durations_are_refused(pipe):
     with pytest.raises(ValueError, match="guidance"):
         generate_music(pipe, PROMPTS, LYRICS, duration=DURATION, guidance="pag")
     assert math.isfinite(float(DURATION))
+
+
+def test_a_continuous_time_flow_config_gets_a_usable_path_and_every_schedule(pipe):
+    """ACE-Step's scheduler config has num_train_timesteps=1 (the model takes t itself): fewstep grids still work."""
+    scheduler = FewStepScheduler.from_config(pipe.scheduler.config, solver="dpmpp_2m", schedule="logsnr")
+    assert scheduler.path.num_train_timesteps == 1
+    assert 0 < scheduler.path.t_lo_finite < 0.01 and scheduler.path.t_hi_finite > 0.99
+    scheduler.set_timesteps(num_inference_steps=8)
+    timesteps = scheduler.timesteps
+    assert timesteps.shape == (8,) and float(timesteps[0]) == 1.0 and bool((timesteps.diff() < 0).all())
+    assert float(timesteps[-1]) < 0.1  # model times are t itself, not t x 1000
+
+
+def test_a_sampler_spec_sets_the_grid_inside_the_pipeline_and_fixes_the_step_count(pipe, tmp_path):
+    """A BOSS / learned spec replaces the pipeline's shift grid; the pipeline then steps exactly on it."""
+    from fewstep.samplers import RectifiedFlowPath
+    from fewstep.samplers.spec import SamplerSpec
+
+    ts = torch.tensor([1.0, 0.9, 0.6, 0.25, 0.0], dtype=torch.float64)
+    spec = SamplerSpec.from_grid("dpmpp_2m", ts, RectifiedFlowPath(1))
+    spec.save(tmp_path / "spec.safetensors")
+    noise = torch.randn(2, 32, 4, generator=torch.Generator().manual_seed(4))
+    original = pipe.scheduler
+    try:
+        pipe.scheduler = FewStepScheduler.from_config(original.config, spec=str(tmp_path / "spec.safetensors"))
+        ours = latents(pipe, 4, noise.clone())
+        assert torch.allclose(pipe.scheduler.timesteps.double(), ts[:-1].float().double())
+        with pytest.raises(ValueError, match="fitted for 4 steps"):
+            latents(pipe, 6, noise.clone())
+    finally:
+        pipe.scheduler = original
+    denoiser, cond, _ = music_denoiser(pipe, PROMPTS, LYRICS, DURATION)
+    with torch.no_grad():
+        reference = sample(denoiser, noise.clone(), ts, "dpmpp_2m", **cond).x
+    torch.testing.assert_close(ours, reference.to(ours.dtype), atol=2e-4, rtol=1e-4)

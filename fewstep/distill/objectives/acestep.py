@@ -111,7 +111,7 @@ class AceStep(Objective):
 
     def __init__(self, model: nn.Module, options: AceStepOptions | None = None, teacher: Teacher | None = None,
                  vae: nn.Module | None = None) -> None:
-        from fewstep.models.acestep import acestep_condition_encoder
+        from fewstep.models.acestep import ConditionsWithDropout, acestep_condition_encoder
 
         self.options = options = options or AceStepOptions()
         if vae is None:
@@ -129,7 +129,7 @@ class AceStep(Objective):
         width, heads = int(model.config.hidden_size), int(model.config.num_attention_heads)
         encoder = acestep_condition_encoder(width, options.text_dim, latent, heads, options.lyric_layers,
                                             options.timbre_layers, int(model.config.sliding_window))
-        networks = {"transformer": model, "condition_encoder": encoder}
+        networks = {"transformer": model, "condition_encoder": ConditionsWithDropout(encoder)}
         super().__init__(networks, teacher)
         self.tokenizer: Any = None
         self.text_encoder: nn.Module | None = None
@@ -141,6 +141,10 @@ class AceStep(Objective):
     def build(cls, model: nn.Module, options: Any, teacher: Teacher | None = None) -> "AceStep":
         """The objective for `model` with the frozen VAE of `options.autoencoder`."""
         return cls(model, options, teacher, vae=load_autoencoder(options.autoencoder) if options.autoencoder else None)
+
+    def condition_encoder(self) -> nn.Module:
+        """The diffusers `AceStepConditionEncoder` being trained (inside its dropout wrapper and any DDP wrapper)."""
+        return _unwrap(self.networks["condition_encoder"]).encoder
 
     # -- data --------------------------------------------------------------------------
 
@@ -166,7 +170,7 @@ class AceStep(Objective):
         vocabulary = [" ".join(map(str, getattr(audio_data, k, ()))) for k in ("instruments", "keys", "tempos", "syllables")]
         self.tokenizer = music_tokenizer(self.template_texts(prompts, lyrics, clip_seconds) + vocabulary)
         self.text_encoder = music_text_encoder(len(self.tokenizer), self.options.text_dim, self.options.text_seed)
-        self.networks["condition_encoder"].silence_latent.copy_(silence_latents(self.vae))
+        self.condition_encoder().silence_latent.copy_(silence_latents(self.vae))
         latents = self.encode_clips(audio_data)
         repa = None
         if self.options.repa_weight > 0:
@@ -252,7 +256,7 @@ class AceStep(Objective):
 
     def conditions(self, batch: dict[str, Any], generator: torch.Generator, drop: bool = True) -> Tensor:
         """Packed conditions [B, L, width] of a batch, with per-condition CFG dropout when `drop`."""
-        from fewstep.models.acestep import encode_conditions, timbre_frames
+        from fewstep.models.acestep import timbre_frames
 
         device = batch["latents"].device
         B = batch["latents"].shape[0]
@@ -263,8 +267,8 @@ class AceStep(Objective):
         if drop:
             drop_text = torch.rand(B, generator=generator, device=device) < self.options.tag_dropout
             drop_lyrics = torch.rand(B, generator=generator, device=device) < self.options.lyric_dropout
-        return encode_conditions(self.networks["condition_encoder"], text_hidden, text_mask, lyric_hidden, lyric_mask,
-                                 timbre_frames(self.latents_per_second), drop_text, drop_lyrics)
+        return self.networks["condition_encoder"](text_hidden, text_mask, lyric_hidden, lyric_mask,
+                                                  timbre_frames(self.latents_per_second), drop_text, drop_lyrics)
 
     def loss(self, batch: Any, step: int, generator: torch.Generator, phase: str = "main") -> dict[str, Tensor]:
         from fewstep.models.acestep import text2music_context
@@ -278,7 +282,7 @@ class AceStep(Objective):
         t = shifted_logit_normal(B, generator, device, opts.logit_mean, opts.logit_std, opts.shift)
         eps = torch.randn(x0.shape, generator=generator, device=device, dtype=x0.dtype)
         x_t = (1 - t[:, None, None]) * x0 + t[:, None, None] * eps
-        context = text2music_context(self.networks["condition_encoder"], B, T).to(x0.dtype)
+        context = text2music_context(self.condition_encoder(), B, T).to(x0.dtype)
         transformer = self.networks["transformer"]
         captured: list[Tensor] = []
         hook = None
@@ -308,7 +312,8 @@ class AceStep(Objective):
 
         scheduler = scheduler or FlowMatchEulerDiscreteScheduler(num_train_timesteps=1, shift=1.0)
         pipe = AceStepPipeline(vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer,
-                               transformer=networks["transformer"], condition_encoder=networks["condition_encoder"],
+                               transformer=_unwrap(networks["transformer"]),
+                               condition_encoder=_unwrap(networks["condition_encoder"]).encoder,
                                scheduler=scheduler)
         pipe.set_progress_bar_config(disable=True)
         return pipe

@@ -1,0 +1,185 @@
+"""Benchmarks of the ACE-Step-style music chain (docs/BENCHMARKS.md, "Music generator").
+
+    python scripts/bench_music.py autoencoder assets/music/autoencoder          # held-out SNR / LSD
+    python scripts/bench_music.py curve runs/music                               # training curve (tensorboard logs)
+    python scripts/bench_music.py fit-spec assets/music/generator --nfe 8 --out assets/music/specs/dpmpp_2m_nfe8.safetensors
+    python scripts/bench_music.py samplers assets/music/generator --n 256 --nfe 4 8 16 32 60 --spec SPEC
+    python scripts/bench_music.py compare runs/music_repa_off/pipeline runs/music_repa_on/pipeline --nfe 16 60
+
+Every cell: `--n` clips, one per held-out caption + lyrics (the first n of the synthetic test split),
+seed 0; FD on the `music` features against those n real held-out clips, 95 % bootstrap interval;
+conditioning accuracy = share of clips the shipped feature net classifies as the requested
+instrument / key / tempo; RTF = seconds of audio per second of wall-clock (this CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from fewstep.pipelines.music import (
+    MusicScores,
+    generate_music,
+    held_out_music,
+    load_music_pipeline,
+    music_denoiser,
+    music_info,
+    score_music,
+)
+
+
+def reference(n: int, seconds: float) -> tuple[torch.Tensor, list[str], list[str], dict[str, torch.Tensor]]:
+    """Held-out clips' features [n, D], captions, lyrics and labels."""
+    from fewstep.metrics.music import build_music_feature_extractor
+
+    audio, prompts, lyrics, labels = held_out_music(n, seconds)
+    return build_music_feature_extractor()(audio).double(), prompts, lyrics, labels
+
+
+def cell(folder: Path, nfe: int, n: int, ref: tuple, solver: str | None = None, spec: str | None = None,
+         guidance_scale: float = 1.0) -> MusicScores:
+    """Generate one clip per held-out caption with one sampler and score it."""
+    features, prompts, lyrics, labels = ref
+    pipe = load_music_pipeline(folder, solver=solver, spec=spec)
+    seconds = music_info(folder).get("clip_seconds", 2.048)
+    steps = nfe // 2 if guidance_scale > 1 else nfe
+    start = time.perf_counter()
+    samples = generate_music(pipe, prompts[:n], lyrics[:n], num_clips=1, num_steps=steps, guidance_scale=guidance_scale,
+                             duration=seconds, batch_size=64)
+    elapsed = time.perf_counter() - start
+    return score_music(samples, {k: v[:n] for k, v in labels.items()}, features, elapsed)
+
+
+def real_floor(n: int, seconds: float, ref: tuple) -> str:
+    """FD of n real *training* clips against the held-out reference: the best a generator can score at this n."""
+    from fewstep.data.music import MusicDataset
+    from fewstep.metrics.frechet import frechet_distance_from_features
+    from fewstep.metrics.music import build_music_feature_extractor
+
+    data = MusicDataset("train", n_train=n, seconds=seconds)
+    audio = torch.stack([data[i]["audio"] for i in range(n)])
+    return f"{frechet_distance_from_features(build_music_feature_extractor()(audio).double(), ref[0]):.2f}"
+
+
+HEADER = "| sampler | NFE | FD [95% CI] | instrument | key | tempo | RTF |\n|---|---|---|---|---|---|---|"
+
+
+def run_samplers(args) -> None:
+    seconds = music_info(args.pipeline).get("clip_seconds", 2.048)
+    ref = reference(args.n, seconds)
+    print(f"real training clips vs the held-out reference (floor, n={args.n}): FD {real_floor(args.n, seconds, ref)}")
+    print(HEADER)
+    samplers = [("Euler (pipeline's FlowMatchEuler)", None), *[(s, s) for s in args.solvers]]
+    for nfe in args.nfe:
+        for label, solver in samplers:
+            print(f"| {label} | {nfe} | {cell(args.pipeline, nfe, args.n, ref, solver, None, args.guidance_scale).row()} |",
+                  flush=True)
+    for spec in args.spec or []:
+        print(f"| learned spec {Path(spec).name} | - | {cell(args.pipeline, 0, args.n, ref, spec=spec).row()} |", flush=True)
+
+
+def run_compare(args) -> None:
+    seconds = music_info(args.pipelines[0]).get("clip_seconds", 2.048)
+    ref = reference(args.n, seconds)
+    print(HEADER.replace("sampler", "generator"))
+    for folder in args.pipelines:
+        for nfe in args.nfe:
+            print(f"| {folder} | {nfe} | {cell(folder, nfe, args.n, ref, args.solver).row()} |", flush=True)
+
+
+def run_fit_spec(args) -> None:
+    """Fit a learned DPM-Solver++(2M) spec (grid + weights) to 60-step Euler solutions from training captions."""
+    from fewstep.data.music import MusicDataset
+    from fewstep.samplers import sample
+    from fewstep.samplers.learned import fit_sampler
+
+    pipe = load_music_pipeline(args.pipeline)
+    seconds = music_info(args.pipeline).get("clip_seconds", 2.048)
+    data = MusicDataset("train", n_train=args.n, seconds=seconds)
+    labels = data.labels
+    denoiser, cond, shape = music_denoiser(pipe, [l.prompt for l in labels], [l.lyrics for l in labels], seconds)
+    noise = torch.randn((args.n, *shape), generator=torch.Generator().manual_seed(1))
+    t = torch.linspace(1.0, 0.0, args.teacher_steps + 1, dtype=torch.float64)
+    teacher_ts = 3 * t / (1 + 2 * t)
+    start = time.perf_counter()
+    with torch.no_grad():
+        targets = torch.cat([sample(denoiser, noise[i:i + 64], teacher_ts, "ddim",
+                                    **{k: v[i:i + 64] for k, v in cond.items()}).x for i in range(0, args.n, 64)])
+    print(f"teacher: {args.teacher_steps} Euler steps on the shift-3 grid, {args.n} pairs in {time.perf_counter() - start:.0f} s")
+    spec, history = fit_sampler(denoiser, args.nfe, noise, targets, solver="dpmpp_2m", learn="both",
+                                init_schedule="logsnr", iterations=args.iterations, batch_size=32, cond=cond,
+                                progress=True)
+    spec.provenance.update({"pipeline": str(args.pipeline), "teacher": f"euler {args.teacher_steps} steps, shift 3"})
+    spec.save(args.out)
+    print(f"wrote {args.out}: grid {[round(float(x), 4) for x in spec.ts]}; {history}")
+
+
+def run_autoencoder(args) -> None:
+    from diffusers import AutoencoderOobleck
+
+    from fewstep.metrics.reconstruction import log_spectral_distance, snr_db
+
+    vae = AutoencoderOobleck.from_pretrained(args.pipeline).eval()
+    audio, *_ = held_out_music(args.n)
+    with torch.no_grad():
+        recon = torch.cat([vae.decode(vae.encode(a).latent_dist.mean).sample for a in audio.split(32)])
+    snr, lsd = snr_db(audio, recon), log_spectral_distance(audio, recon)
+    half = lambda x: 1.96 * float(x.std()) / len(x) ** 0.5  # noqa: E731
+    print(f"held-out clips: {args.n}; SNR {float(snr.mean()):.2f} ± {half(snr):.2f} dB; "
+          f"LSD {float(lsd.mean()):.2f} ± {half(lsd):.2f} dB; latent {vae.config.decoder_input_channels} x "
+          f"{vae.config.sampling_rate / torch.tensor(vae.config.downsampling_ratios).prod().item():.2f} frames/s")
+
+
+def run_curve(args) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(Path(args.run_dir) / "logs" / "train"))
+    events.Reload()
+    tags = [t for t in events.Tags()["scalars"] if t in ("loss", "flow", "repa", "l1", "mrstft")]
+    series = {t: {e.step: e.value for e in events.Scalars(t)} for t in tags}
+    steps = sorted(series[tags[0]])
+    pick = steps[:: max(1, len(steps) // args.points)] + ([steps[-1]] if steps[-1] not in steps[:: max(1, len(steps) // args.points)] else [])
+    print("| step | " + " | ".join(tags) + " |\n|---|" + "---|" * len(tags))
+    for step in pick:
+        print(f"| {step} | " + " | ".join(f"{series[t].get(step, float('nan')):.4f}" for t in tags) + " |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="what", required=True)
+    p = sub.add_parser("samplers")
+    p.add_argument("pipeline", type=Path)
+    p.add_argument("--n", type=int, default=256)
+    p.add_argument("--nfe", type=int, nargs="+", default=[4, 8, 16, 32, 60])
+    p.add_argument("--solvers", nargs="+", default=["dpmpp_2m", "unipc_bh2"])
+    p.add_argument("--spec", nargs="*", default=None)
+    p.add_argument("--guidance-scale", type=float, default=1.0)
+    p = sub.add_parser("compare")
+    p.add_argument("pipelines", type=Path, nargs="+")
+    p.add_argument("--n", type=int, default=256)
+    p.add_argument("--nfe", type=int, nargs="+", default=[16, 60])
+    p.add_argument("--solver", default=None)
+    p = sub.add_parser("fit-spec")
+    p.add_argument("pipeline", type=Path)
+    p.add_argument("--nfe", type=int, default=8)
+    p.add_argument("--n", type=int, default=256)
+    p.add_argument("--teacher-steps", type=int, default=60)
+    p.add_argument("--iterations", type=int, default=200)
+    p.add_argument("--out", type=Path, required=True)
+    p = sub.add_parser("autoencoder")
+    p.add_argument("pipeline", type=Path)
+    p.add_argument("--n", type=int, default=256)
+    p = sub.add_parser("curve")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--points", type=int, default=10)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads if hasattr(args, "threads") else 1)
+    {"samplers": run_samplers, "compare": run_compare, "fit-spec": run_fit_spec, "autoencoder": run_autoencoder,
+     "curve": run_curve}[args.what](args)
+
+
+if __name__ == "__main__":
+    main()
