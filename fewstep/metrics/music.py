@@ -37,8 +37,7 @@ HEADS = ("instrument", "key", "tempo")
 PROTOCOL = (
     "music-features-v1: mono float waveform [N,1,T] at 8000 Hz (files: first 2.048 s, zero-padded at the end) "
     "-> divided by its RMS -> log-mel (n_fft 1024, hop 128, 128 HTK mels, floored 80 dB below the clip's peak) -> "
-    "1-D conv stack over time -> "
-    "64-d ReLU features averaged over time"
+    "1-D conv stack over time -> 64-d ReLU features averaged over time"
 )
 
 
@@ -178,9 +177,14 @@ def build_music_feature_extractor(device: str = "cpu", weights: str | None = Non
     return MusicFeatureExtractor(load_music_features(weights, device))
 
 
-@lru_cache(maxsize=1)
+@lru_cache(maxsize=2)
+def _load_frozen(path: str) -> MusicFeatureNet:
+    return load_music_features(path).requires_grad_(False)
+
+
 def _shipped_net() -> MusicFeatureNet:
-    return load_music_features().requires_grad_(False)
+    """The shipped net (loaded once per assets folder), for `predict_labels` without `net=`."""
+    return _load_frozen(str(default_weights()))
 
 
 # ---- labels: prediction and conditioning accuracy ------------------------------------------
@@ -192,6 +196,7 @@ def predict_labels(audio: Tensor, net: MusicFeatureNet | None = None, batch_size
     INSTRUMENTS / KEYS / TEMPOS (default net: the shipped one)."""
     net = net if net is not None else _shipped_net()
     check_audio(audio, net.config.n_fft)
+    was_training = net.training
     net.eval()
     device = next(net.parameters()).device
     preds: dict[str, list[Tensor]] = {name: [] for name in HEADS}
@@ -199,6 +204,7 @@ def predict_labels(audio: Tensor, net: MusicFeatureNet | None = None, batch_size
         logits = net(chunk.to(device, torch.float32))
         for name in HEADS:
             preds[name].append(logits[name].argmax(1).cpu())
+    net.train(was_training)
     return {name: torch.cat(values) for name, values in preds.items()}
 
 

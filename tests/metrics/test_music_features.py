@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -269,10 +270,10 @@ def test_fid_cli_refuses_modality_mismatches(wav_folders, tmp_path, capsys):
     a, b = wav_folders
     code, _, err = _run(capsys, str(a), str(b), "--features", "inception")
     assert code == 2 and "holds audio clips" in err and "--features music" in err
-    images = tmp_path / "images"
-    images.mkdir()
     from PIL import Image
 
+    images = tmp_path / "images"
+    images.mkdir()
     for i in range(3):
         Image.fromarray(np.full((8, 8, 3), 40 * i, dtype=np.uint8)).save(images / f"{i}.png")
     code, _, err = _run(capsys, str(images), str(b), "--features", "music")
@@ -307,10 +308,7 @@ def test_fid_cli_names_the_bad_file_and_the_fix(wav_folders, tmp_path, held_out,
         write_audio(bad, np.zeros_like(clip), SAMPLE_RATE)
     code, _, err = _run(capsys, str(folder), str(a), "--features", "music")
     assert code == 2
-    assert "bad.wav" in err
-    import re
-
-    assert re.search(message, err), err
+    assert "bad.wav" in err and re.search(message, err), err
     code, out, err = _run(capsys, str(folder), str(a), "--features", "music", "--skip-bad", "--json")
     assert code == 0, err
     assert json.loads(out)["inputs"][0]["n"] == 3 and len(json.loads(out)["inputs"][0]["skipped"]) == 1
