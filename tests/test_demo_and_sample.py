@@ -14,8 +14,9 @@ TEACHER = str(Path(__file__).resolve().parents[1] / "assets" / "teachers" / "mni
 def test_demo_reduced_mode(tmp_path, capsys):
     out = tmp_path / "demo"
     code = main(["demo", "--teachers", "mnist_flow", "--nfe", "2", "6", "--n", "10", "--reference-steps", "12",
-                 "--guidance-scale", "1.0", "--out", str(out)])
+                 "--guidance-scale", "1.0", "--audio", "off", "--out", str(out)])
     assert code == 0
+    assert not (out / "results_audio.json").exists()
     results = json.loads((out / "results.json").read_text())
     assert {r["sampler"] for r in results} == {"DPM-Solver++(3M), 12 steps", "Euler, uniform", "DPM-Solver++(2M), uniform",
                                                "learned grid (assets/specs)", "MSD students, 1 step (assets/students)",
@@ -33,6 +34,21 @@ def test_demo_reduced_mode(tmp_path, capsys):
     assert all(r["fid"] > 0 and 0 <= r["accuracy"] <= 1 for r in results)
     assert Image.open(out / "fid_vs_nfe.png").size[0] > 100 and Image.open(out / "mnist_flow_samples.png").size[1] > 30
     assert "mnist_flow: FID_10" in capsys.readouterr().out
+
+
+def test_demo_audio_part_writes_wavs_and_scores_the_shipped_generator(tmp_path, capsys):
+    from fewstep.audio import read_audio
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--audio", "only", "--audio-n", "8", "--out", str(out)]) == 0
+    results = json.loads((out / "results_audio.json").read_text())
+    assert [r["nfe"] for r in results] == [60, 8, 8, 8]  # Euler 60 (ACE-Step's default), Euler / 2M / learned spec at 8
+    assert all(r["fd"] >= 0 and 0 <= r["accuracy"]["instrument"] <= 1 and r["real_time_factor"] > 0 for r in results)
+    audio, rate = read_audio(out / "audio" / "dpm_solver_2m_8_steps" / "00.wav")
+    assert rate == 8000 and audio.shape == (1, 16384)
+    assert Image.open(out / "audio" / "euler_8_steps.png").size[0] > 100
+    assert not (out / "results.json").exists()  # the MNIST part was skipped
+    assert "Music generator" in capsys.readouterr().out
 
 
 def test_sample_writes_pngs_and_refuses_a_used_folder(tmp_path, capsys):

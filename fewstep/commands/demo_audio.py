@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,7 @@ def run_audio_demo(out: Path, n: int = 64, seed: int = 0, device: str = "cpu") -
         samples = generate_music(pipe, prompts, lyrics, num_clips=1, num_steps=steps, duration=seconds, seed=seed,
                                  batch_size=64)
         scores = score_music(samples, labels, reference, time.perf_counter() - start)
-        slug = "".join(c if c.isalnum() else "_" for c in label.lower()).strip("_")
+        slug = re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_")
         for k in range(4):
             write_audio(out / "audio" / slug / f"{k:02d}.wav", samples.audio[k], samples.sample_rate)
         save_spectrogram_grid(samples.audio[:4, 0], samples.sample_rate, out / "audio" / f"{slug}.png",
