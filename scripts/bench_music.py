@@ -128,8 +128,11 @@ def run_autoencoder(args) -> None:
 
     from fewstep.metrics.reconstruction import log_spectral_distance, snr_db
 
+    from fewstep.metrics.frechet import frechet_distance_from_features
+    from fewstep.metrics.music import build_music_feature_extractor, conditioning_accuracy
+
     vae = AutoencoderOobleck.from_pretrained(args.pipeline).eval()
-    audio, *_ = held_out_music(args.n)
+    audio, _, _, labels = held_out_music(args.n)
     with torch.no_grad():
         recon = torch.cat([vae.decode(vae.encode(a).latent_dist.mean).sample for a in audio.split(32)])
     snr, lsd = snr_db(audio, recon), log_spectral_distance(audio, recon)
@@ -137,6 +140,11 @@ def run_autoencoder(args) -> None:
     print(f"held-out clips: {args.n}; SNR {float(snr.mean()):.2f} ± {half(snr):.2f} dB; "
           f"LSD {float(lsd.mean()):.2f} ± {half(lsd):.2f} dB; latent {vae.config.decoder_input_channels} x "
           f"{vae.config.sampling_rate / torch.tensor(vae.config.downsampling_ratios).prod().item():.2f} frames/s")
+    extractor = build_music_feature_extractor()
+    fd = frechet_distance_from_features(extractor(recon).double(), extractor(audio).double())
+    accuracy = conditioning_accuracy(recon, labels["instrument"], labels["key"], labels["tempo"])
+    print(f"reconstructions vs the same real clips: FD {fd:.2f} (music features); the feature net labels them "
+          + ", ".join(f"{k} {100 * v:.0f}%" for k, v in accuracy.items()) + " correctly (the generator's ceiling)")
 
 
 def run_curve(args) -> None:

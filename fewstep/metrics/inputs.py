@@ -115,16 +115,18 @@ def input_kind(path: str | os.PathLike) -> str:
 
 
 def _folder_kind(folder: Path) -> str:
-    """'audio' for a folder of audio clips only, else 'folder'; a folder holding both is refused."""
-    suffixes = {p.suffix.lower() for p in folder.rglob("*") if p.suffix}
-    has_audio = bool(suffixes & set(AUDIO_EXTENSIONS))
-    if not has_audio:
+    """'audio' for a folder with audio clips (images beside them, e.g. `fewstep sample`'s spectrograms.png,
+    are ignored with a warning), else 'folder' (images)."""
+    files = [p for p in folder.rglob("*") if p.suffix]
+    audio = [p for p in files if p.suffix.lower() in AUDIO_EXTENSIONS]
+    if not audio:
         return "folder"
-    if suffixes & set(IMAGE_EXTENSIONS):
-        raise ValueError(
-            f"{str(folder)!r} holds both images and audio files; a set is one or the other: move the "
-            "audio (.wav, .flac, .ogg) or the images into their own folder"
-        )
+    images = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
+    if images:
+        import warnings
+
+        warnings.warn(f"{str(folder)!r}: scoring its {len(audio)} audio file(s); ignoring {len(images)} image file(s) "
+                      f"beside them (e.g. {images[0].name})", stacklevel=2)
     return "audio"
 
 
