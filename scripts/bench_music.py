@@ -21,7 +21,6 @@ from pathlib import Path
 import torch
 
 from fewstep.pipelines.music import (
-    MusicScores,
     generate_music,
     held_out_music,
     load_music_pipeline,
@@ -39,9 +38,22 @@ def reference(n: int, seconds: float) -> tuple[torch.Tensor, list[str], list[str
     return build_music_feature_extractor()(audio).double(), prompts, lyrics, labels
 
 
+def decoded_reference(folder: Path, n: int, seconds: float) -> torch.Tensor:
+    """Features [n, D] of the held-out clips passed through the generator's own VAE (encode, decode, peak -1 dBFS):
+    the reference that leaves out the autoencoder's error, so FD measures the generator and sampler."""
+    from fewstep.metrics.music import build_music_feature_extractor
+
+    pipe = load_music_pipeline(folder)
+    audio, *_ = held_out_music(n, seconds)
+    with torch.no_grad():
+        decoded = torch.cat([pipe.vae.decode(pipe.vae.encode(a).latent_dist.mean).sample for a in audio.split(32)])
+    decoded = decoded * (10 ** (-1 / 20) / decoded.abs().amax(dim=(1, 2), keepdim=True).clamp_min(1e-6))
+    return build_music_feature_extractor()(decoded).double()
+
+
 def cell(folder: Path, nfe: int, n: int, ref: tuple, solver: str | None = None, spec: str | None = None,
-         guidance_scale: float = 1.0) -> MusicScores:
-    """Generate one clip per held-out caption with one sampler and score it."""
+         guidance_scale: float = 1.0, decoded: torch.Tensor | None = None, target: torch.Tensor | None = None) -> str:
+    """Generate one clip per held-out caption with one sampler; its table cells (see HEADER)."""
     features, prompts, lyrics, labels = ref
     pipe = load_music_pipeline(folder, solver=solver, spec=spec)
     seconds = music_info(folder).get("clip_seconds", 2.048)
@@ -54,7 +66,24 @@ def cell(folder: Path, nfe: int, n: int, ref: tuple, solver: str | None = None, 
     samples = generate_music(pipe, prompts[:n], lyrics[:n], num_clips=1, num_steps=steps, guidance_scale=guidance_scale,
                              duration=seconds, batch_size=64)
     elapsed = time.perf_counter() - start
-    return score_music(samples, {k: v[:n] for k, v in labels.items()}, features, elapsed)
+    scores = score_music(samples, {k: v[:n] for k, v in labels.items()}, features, elapsed)
+    cells = [str(scores.nfe), scores.row()]
+    if decoded is not None:
+        from fewstep.metrics.frechet import frechet_distance_from_features
+        from fewstep.metrics.music import build_music_feature_extractor
+
+        cells.append(f"{frechet_distance_from_features(build_music_feature_extractor()(samples.audio).double(), decoded):.2f}")
+    if target is not None:
+        cells.append(f"{float((samples.latents - target).pow(2).mean().sqrt()):.4f}")
+    return " | ".join(cells)
+
+
+def latent_target(folder: Path, n: int, ref: tuple, steps: int) -> torch.Tensor:
+    """Final latents [n, T, C] of the pipeline's own Euler at `steps` steps from the benchmark's noise and captions."""
+    _, prompts, lyrics, _ = ref
+    pipe = load_music_pipeline(folder)
+    seconds = music_info(folder).get("clip_seconds", 2.048)
+    return generate_music(pipe, prompts[:n], lyrics[:n], num_steps=steps, duration=seconds, batch_size=64).latents
 
 
 def real_floor(n: int, seconds: float, ref: tuple) -> str:
@@ -68,31 +97,39 @@ def real_floor(n: int, seconds: float, ref: tuple) -> str:
     return f"{frechet_distance_from_features(build_music_feature_extractor()(audio).double(), ref[0]):.2f}"
 
 
-HEADER = "| sampler | NFE | FD [95% CI] | instrument | key | tempo | RTF |\n|---|---|---|---|---|---|---|"
+HEADER = ("| sampler | NFE | FD vs real [95% CI] | instrument | key | tempo | RTF | FD vs decoded real | "
+          "latent RMS to Euler-{ref} |\n|---|---|---|---|---|---|---|---|---|")
 
 
 def run_samplers(args) -> None:
     seconds = music_info(args.pipeline).get("clip_seconds", 2.048)
     ref = reference(args.n, seconds)
-    print(f"real training clips vs the held-out reference (floor, n={args.n}): FD {real_floor(args.n, seconds, ref)}")
-    print(HEADER)
+    decoded = decoded_reference(args.pipeline, args.n, seconds)
+    from fewstep.metrics.frechet import frechet_distance_from_features
+
+    print(f"floors at n={args.n}: real training clips vs held-out FD {real_floor(args.n, seconds, ref)}; "
+          f"decoded held-out vs held-out FD {frechet_distance_from_features(decoded, ref[0]):.2f}")
+    target = latent_target(args.pipeline, args.n, ref, args.reference_steps)
+    print(HEADER.format(ref=args.reference_steps))
     samplers = [("Euler (pipeline's FlowMatchEuler)", None), *[(s, s) for s in args.solvers]]
     for nfe in args.nfe:
         for label, solver in samplers:
-            print(f"| {label} | {nfe} | {cell(args.pipeline, nfe, args.n, ref, solver, None, args.guidance_scale).row()} |",
-                  flush=True)
+            row = cell(args.pipeline, nfe, args.n, ref, solver, None, args.guidance_scale, decoded, target)
+            print(f"| {label} | {row} |", flush=True)
     for spec in args.spec or []:
-        scores = cell(args.pipeline, 0, args.n, ref, spec=spec)
-        print(f"| learned spec {Path(spec).name} | {scores.nfe} | {scores.row()} |", flush=True)
+        print(f"| learned spec {Path(spec).name} | {cell(args.pipeline, 0, args.n, ref, spec=spec, decoded=decoded, target=target)} |",
+              flush=True)
 
 
 def run_compare(args) -> None:
     seconds = music_info(args.pipelines[0]).get("clip_seconds", 2.048)
     ref = reference(args.n, seconds)
-    print(HEADER.replace("sampler", "generator"))
+    print("| generator | NFE | FD vs real [95% CI] | instrument | key | tempo | RTF | FD vs decoded real |\n"
+          "|---|---|---|---|---|---|---|---|")
     for folder in args.pipelines:
+        decoded = decoded_reference(folder, args.n, seconds)
         for nfe in args.nfe:
-            print(f"| {folder} | {nfe} | {cell(folder, nfe, args.n, ref, args.solver).row()} |", flush=True)
+            print(f"| {folder} | {cell(folder, nfe, args.n, ref, args.solver, decoded=decoded)} |", flush=True)
 
 
 def run_fit_spec(args) -> None:
@@ -171,6 +208,7 @@ def main() -> None:
     p.add_argument("--solvers", nargs="+", default=["dpmpp_2m", "unipc_bh2"])
     p.add_argument("--spec", nargs="*", default=None)
     p.add_argument("--guidance-scale", type=float, default=1.0)
+    p.add_argument("--reference-steps", type=int, default=200, help="Euler steps of the latent reference solution")
     p = sub.add_parser("compare")
     p.add_argument("pipelines", type=Path, nargs="+")
     p.add_argument("--n", type=int, default=256)

@@ -35,6 +35,7 @@ class MusicSamples:
     lyrics: list[str]
     sample_rate: int
     nfe: int  # transformer evaluations per clip
+    latents: Tensor | None = None  # [N, T, C] the final latents (before the VAE decoder)
 
 
 def is_music_pipeline(folder: str | Path) -> bool:
@@ -114,17 +115,23 @@ def generate_music(pipe: Any, prompts: list[str], lyrics: list[str], num_clips: 
     lyrics = lyrics * len(prompts) if len(lyrics) == 1 else lyrics
     pairs = [(p, l) for p, l in zip(prompts, lyrics) for _ in range(num_clips)]
     device = pipe.transformer.device
-    out = []
+    out, finals = [], []
+
+    def keep_final(pipeline: Any, step: int, timestep: Any, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+        if step == len(pipeline.scheduler.timesteps) - 1:
+            finals.append(tensors["latents"].float().cpu())
+        return tensors
+
     with plain_cfg(pipe) if guidance == "cfg" else _nothing():
         for lo in range(0, len(pairs), batch_size):
             chunk = pairs[lo:lo + batch_size]
             generators = [torch.Generator(device=device).manual_seed(seed + lo + k) for k in range(len(chunk))]
             audio = pipe(prompt=[p for p, _ in chunk], lyrics=[l for _, l in chunk], audio_duration=duration,
                          num_inference_steps=num_steps, guidance_scale=guidance_scale, shift=shift,
-                         generator=generators, output_type="pt").audios
+                         generator=generators, output_type="pt", callback_on_step_end=keep_final).audios
             out.append(audio.float().cpu())
     return MusicSamples(torch.cat(out), [p for p, _ in pairs], [l for _, l in pairs],
-                        int(pipe.sample_rate), nfe_of(pipe, num_steps, guidance_scale))
+                        int(pipe.sample_rate), nfe_of(pipe, num_steps, guidance_scale), torch.cat(finals))
 
 
 class _nothing:

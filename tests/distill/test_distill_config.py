@@ -91,7 +91,8 @@ def test_objective_options_come_from_the_registry() -> None:
     assert {"flow_matching", "vp_diffusion", "boss_straighten", "reflow", "masked_diffusion"} <= set(OBJECTIVES)
     for name, objective in OBJECTIVES.items():
         model = {"masked_diffusion": ["model.type=masked_transformer", "model.vocab_size=5"],
-                 "boss_straighten": ["model.type=pretrained", "model.pretrained=x", "objective.spec=s"]}.get(
+                 "boss_straighten": ["model.type=pretrained", "model.pretrained=x", "objective.spec=s"],
+                 "music_autoencoder": ["model.type=oobleck"], "acestep": ["model.type=acestep"]}.get(
             name, ["model.type=pretrained", "model.pretrained=x"] if objective.teacher_use == "required" else [])
         config = load_config(None, [f"objective.name={name}", *model])
         defaults = dataclasses.asdict(objective.Options())

@@ -100,6 +100,10 @@ def test_generate_music_returns_finite_audio_of_the_requested_length_and_counts_
     again = generate_music(pipe, PROMPTS[:1], LYRICS[:1], num_clips=3, num_steps=4, duration=DURATION, batch_size=3)
     torch.testing.assert_close(again.audio, samples.audio, atol=1e-5, rtol=1e-4)  # per-clip seeds: batch-independent
     assert nfe_of(pipe, 4, guidance_scale=3.0) == 8
+    generators = [torch.Generator().manual_seed(k) for k in range(3)]
+    direct = pipe(prompt=PROMPTS[:1] * 3, lyrics=LYRICS[:1] * 3, audio_duration=DURATION, num_inference_steps=4,
+                  guidance_scale=1.0, generator=generators, output_type="latent").audios
+    torch.testing.assert_close(samples.latents, direct, atol=1e-5, rtol=1e-4)  # the final latents are kept
 
 
 def test_cfg_and_apg_guidance_differ_and_cfg_matches_its_formula(pipe):
