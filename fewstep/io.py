@@ -85,3 +85,23 @@ def describe_machine() -> str:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"
     return f"{cpu}, {cores} cores, torch {torch.__version__}, {torch.get_num_threads()} torch threads{gpu}"
+
+
+def save_pretrained_atomically(model: "object", out: str | os.PathLike) -> Path:
+    """`model.save_pretrained` (safetensors) into a temp folder next to `out`, then swap it in (no half-written folder)."""
+    import shutil
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tmp.chmod(0o755)  # mkdtemp makes it owner-only, and the weights file comes out 0600
+        for file in tmp.iterdir():
+            file.chmod(0o644)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out

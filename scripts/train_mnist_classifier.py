@@ -10,13 +10,11 @@ Prints the training time and the held-out accuracy (500 images, 50 per digit).
 from __future__ import annotations
 
 import argparse
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
-from fewstep.io import assets_dir
+from fewstep.io import assets_dir, save_pretrained_atomically
 from fewstep.metrics.mnist import (
     CLASSIFIER_DIR,
     STATS_DIR,
@@ -25,20 +23,6 @@ from fewstep.metrics.mnist import (
     train_mnist_classifier,
     write_reference_stats,
 )
-
-
-def save_atomically(model: torch.nn.Module, out: Path) -> None:
-    """save_pretrained into a temp folder next to `out`, then swap it in."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tmp.chmod(0o755)  # mkdtemp makes it owner-only
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main() -> None:
@@ -63,7 +47,7 @@ def main() -> None:
         return
     model, info = train_mnist_classifier(epochs=args.epochs, seed=args.seed, device=args.device)
     model = model.cpu()
-    save_atomically(model, out / CLASSIFIER_DIR)
+    save_pretrained_atomically(model, out / CLASSIFIER_DIR)
     written = write_reference_stats(MnistFeatureExtractor(model), out / STATS_DIR)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"parameters: {n_params:,}")

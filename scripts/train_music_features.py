@@ -13,13 +13,11 @@ a rerun reproduces the shipped weights on the same torch build.
 from __future__ import annotations
 
 import argparse
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
-from fewstep.io import assets_dir, describe_machine
+from fewstep.io import assets_dir, describe_machine, save_pretrained_atomically
 from fewstep.metrics.music import (
     FEATURES_DIR,
     HEADS,
@@ -29,22 +27,6 @@ from fewstep.metrics.music import (
     train_music_features,
     write_reference_stats,
 )
-
-
-def save_atomically(model: torch.nn.Module, out: Path) -> None:
-    """save_pretrained into a temp folder next to `out`, then swap it in."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tmp.chmod(0o755)  # mkdtemp makes it owner-only, and the weights file comes out 0600
-        for file in tmp.iterdir():
-            file.chmod(0o644)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main() -> None:
@@ -66,7 +48,7 @@ def main() -> None:
         return
     net, info = train_music_features(epochs=args.epochs, seed=args.seed, device=args.device)
     net = net.cpu()
-    save_atomically(net, out / FEATURES_DIR)
+    save_pretrained_atomically(net, out / FEATURES_DIR)
     written = write_reference_stats(MusicFeatureExtractor(net), out / STATS_DIR)
     print(f"machine: {describe_machine()}")
     print(f"parameters: {sum(p.numel() for p in net.parameters()):,}")

@@ -107,7 +107,7 @@ def words_of(texts: Iterable[str]) -> list[str]:
     return list(seen)
 
 
-def music_tokenizer(texts: Iterable[str]) -> "PreTrainedTokenizerFast":  # noqa: F821
+def music_tokenizer(texts: Iterable[str]) -> Any:
     """A word-level `PreTrainedTokenizerFast` whose vocabulary is every word of `texts` (others -> [UNK])."""
     from tokenizers import Tokenizer, models, normalizers
     from transformers import PreTrainedTokenizerFast

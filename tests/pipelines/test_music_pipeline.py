@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pytest
@@ -56,6 +57,17 @@ def latents(pipe, steps: int, noise: torch.Tensor, **kwargs) -> torch.Tensor:
                 latents=noise, output_type="latent", **kwargs).audios
 
 
+@contextlib.contextmanager
+def scheduler_of(pipe, scheduler):
+    """The pipeline with `scheduler` swapped in for the block."""
+    original = pipe.scheduler
+    pipe.scheduler = scheduler
+    try:
+        yield pipe
+    finally:
+        pipe.scheduler = original
+
+
 def pipeline_grid(steps: int, shift: float = 3.0) -> torch.Tensor:
     t = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
     return shift * t / (1 + (shift - 1) * t)
@@ -65,12 +77,8 @@ def pipeline_grid(steps: int, shift: float = 3.0) -> torch.Tensor:
 def test_fewstep_scheduler_in_the_pipeline_equals_fewsteps_sampler(pipe, solver):
     """The pipeline with FewStepScheduler == fewstep.samplers.sample on the pipeline's own shifted grid."""
     noise = torch.randn(2, 32, 4, generator=torch.Generator().manual_seed(1))
-    original = pipe.scheduler
-    try:
-        pipe.scheduler = FewStepScheduler.from_config(original.config, solver=solver)
+    with scheduler_of(pipe, FewStepScheduler.from_config(pipe.scheduler.config, solver=solver)):
         ours = latents(pipe, 6, noise.clone())
-    finally:
-        pipe.scheduler = original
     denoiser, cond, shape = music_denoiser(pipe, PROMPTS, LYRICS, DURATION)
     assert shape == (32, 4)
     ts = pipeline_grid(6).float().double()  # the pipeline computes its grid in float32
@@ -82,12 +90,8 @@ def test_fewstep_scheduler_in_the_pipeline_equals_fewsteps_sampler(pipe, solver)
 def test_euler_few_step_scheduler_equals_the_pipelines_own_euler(pipe):
     noise = torch.randn(2, 32, 4, generator=torch.Generator().manual_seed(2))
     euler = latents(pipe, 8, noise.clone())
-    original = pipe.scheduler
-    try:
-        pipe.scheduler = FewStepScheduler.from_config(original.config, solver="ddim")
+    with scheduler_of(pipe, FewStepScheduler.from_config(pipe.scheduler.config, solver="ddim")):
         ours = latents(pipe, 8, noise.clone())
-    finally:
-        pipe.scheduler = original
     torch.testing.assert_close(ours, euler, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(euler, latents(pipe, 2, noise.clone()), atol=1e-3)  # the step count matters
 
@@ -131,12 +135,8 @@ def test_save_load_round_trip_with_a_few_step_scheduler(pipe, tmp_path):
     loaded = load_music_pipeline(tmp_path / "music", solver="dpmpp_2m")
     assert isinstance(loaded, AceStepPipeline) and isinstance(loaded.scheduler, FewStepScheduler)
     noise = torch.randn(2, 32, 4, generator=torch.Generator().manual_seed(3))
-    original = pipe.scheduler
-    try:
-        pipe.scheduler = FewStepScheduler.from_config(original.config, solver="dpmpp_2m")
+    with scheduler_of(pipe, FewStepScheduler.from_config(pipe.scheduler.config, solver="dpmpp_2m")):
         before = latents(pipe, 5, noise.clone())
-    finally:
-        pipe.scheduler = original
     torch.testing.assert_close(latents(loaded, 5, noise.clone()), before, atol=1e-5, rtol=1e-4)
     with pytest.raises(ValueError, match="not a saved AceStepPipeline"):
         load_music_pipeline(tmp_path)
@@ -177,15 +177,11 @@ def test_a_sampler_spec_sets_the_grid_inside_the_pipeline_and_fixes_the_step_cou
     spec = SamplerSpec.from_grid("dpmpp_2m", ts, RectifiedFlowPath(1))
     spec.save(tmp_path / "spec.safetensors")
     noise = torch.randn(2, 32, 4, generator=torch.Generator().manual_seed(4))
-    original = pipe.scheduler
-    try:
-        pipe.scheduler = FewStepScheduler.from_config(original.config, spec=str(tmp_path / "spec.safetensors"))
+    with scheduler_of(pipe, FewStepScheduler.from_config(pipe.scheduler.config, spec=str(tmp_path / "spec.safetensors"))):
         ours = latents(pipe, 4, noise.clone())
         assert torch.allclose(pipe.scheduler.timesteps.double(), ts[:-1].float().double())
         with pytest.raises(ValueError, match="fitted for 4 steps"):
             latents(pipe, 6, noise.clone())
-    finally:
-        pipe.scheduler = original
     denoiser, cond, _ = music_denoiser(pipe, PROMPTS, LYRICS, DURATION)
     with torch.no_grad():
         reference = sample(denoiser, noise.clone(), ts, "dpmpp_2m", **cond).x
