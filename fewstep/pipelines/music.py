@@ -12,6 +12,7 @@ Guidance: the pipeline's APG (adaptive projected guidance, Sadat et al. 2024) wh
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from dataclasses import dataclass
@@ -122,7 +123,7 @@ def generate_music(pipe: Any, prompts: list[str], lyrics: list[str], num_clips: 
             finals.append(tensors["latents"].float().cpu())
         return tensors
 
-    with plain_cfg(pipe) if guidance == "cfg" else _nothing():
+    with plain_cfg() if guidance == "cfg" else contextlib.nullcontext():
         for lo in range(0, len(pairs), batch_size):
             chunk = pairs[lo:lo + batch_size]
             generators = [torch.Generator(device=device).manual_seed(seed + lo + k) for k in range(len(chunk))]
@@ -134,18 +135,10 @@ def generate_music(pipe: Any, prompts: list[str], lyrics: list[str], num_clips: 
                         int(pipe.sample_rate), nfe_of(pipe, num_steps, guidance_scale), torch.cat(finals))
 
 
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
-
-
 class plain_cfg:
     """Context: the pipeline's APG step replaced by classifier-free guidance, cond + (w - 1)(cond - uncond)."""
 
-    def __init__(self, pipe: Any) -> None:
+    def __init__(self) -> None:
         import diffusers.pipelines.ace_step.pipeline_ace_step as module
 
         self.module = module

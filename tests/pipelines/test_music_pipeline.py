@@ -115,7 +115,7 @@ def test_cfg_and_apg_guidance_differ_and_cfg_matches_its_formula(pipe):
 
     cond, uncond = torch.randn(2, 5, 4), torch.randn(2, 5, 4)
     original = module.normalized_guidance
-    with plain_cfg(pipe):
+    with plain_cfg():
         assert module.normalized_guidance is not original
         torch.testing.assert_close(module.normalized_guidance(pred_cond=cond, pred_uncond=uncond, guidance_scale=2.0),
                                    cond + 2.0 * (cond - uncond))

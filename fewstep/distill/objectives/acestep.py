@@ -219,6 +219,10 @@ class AceStep(Objective):
         from fewstep.metrics.music import load_music_features
 
         net = load_music_features().eval()
+        if int(net.config.sample_rate) != int(self.vae.config.sampling_rate):
+            raise ValueError(f"REPA aligns with the shipped music feature net, which takes {net.config.sample_rate} Hz "
+                             f"audio, but the data is {self.vae.config.sampling_rate} Hz; set objective.repa_weight=0 "
+                             "(or train a feature net for your rate with scripts/train_music_features.py)")
         tokens = math.ceil(dataset[0]["audio"].shape[-1] / self.hop / self.networks["transformer"].config.patch_size)
         out = []
         for lo in range(0, len(dataset), 64):
