@@ -5,6 +5,7 @@
     python scripts/bench_music.py fit-spec assets/music/generator --nfe 8 --out assets/music/specs/dpmpp_2m_nfe8.safetensors
     python scripts/bench_music.py samplers assets/music/generator --n 256 --nfe 4 8 16 32 60 --spec SPEC
     python scripts/bench_music.py compare runs/music_repa_off/pipeline runs/music_repa_on/pipeline --nfe 16 60
+    python scripts/bench_music.py guidance assets/music/generator --nfe 60 --scales 2 4
 
 Every cell: `--n` clips, one per held-out caption + lyrics (the first n of the synthetic test split),
 seed 0; FD on the `music` features against those n real held-out clips, 95 % bootstrap interval;
@@ -52,7 +53,8 @@ def decoded_reference(folder: Path, n: int, seconds: float) -> torch.Tensor:
 
 
 def cell(folder: Path, nfe: int, n: int, ref: tuple, solver: str | None = None, spec: str | None = None,
-         guidance_scale: float = 1.0, decoded: torch.Tensor | None = None, target: torch.Tensor | None = None) -> str:
+         guidance_scale: float = 1.0, decoded: torch.Tensor | None = None, target: torch.Tensor | None = None,
+         guidance: str = "apg") -> str:
     """Generate one clip per held-out caption with one sampler; its table cells (see HEADER)."""
     features, prompts, lyrics, labels = ref
     pipe = load_music_pipeline(folder, solver=solver, spec=spec)
@@ -64,7 +66,7 @@ def cell(folder: Path, nfe: int, n: int, ref: tuple, solver: str | None = None, 
         steps = SamplerSpec.load(spec).num_steps
     start = time.perf_counter()
     samples = generate_music(pipe, prompts[:n], lyrics[:n], num_clips=1, num_steps=steps, guidance_scale=guidance_scale,
-                             duration=seconds, batch_size=64)
+                             duration=seconds, batch_size=64, guidance=guidance)
     elapsed = time.perf_counter() - start
     scores = score_music(samples, {k: v[:n] for k, v in labels.items()}, features, elapsed)
     cells = [str(scores.nfe), scores.row()]
@@ -130,6 +132,20 @@ def run_compare(args) -> None:
         decoded = decoded_reference(folder, args.n, seconds)
         for nfe in args.nfe:
             print(f"| {folder} | {cell(folder, nfe, args.n, ref, args.solver, decoded=decoded)} |", flush=True)
+
+
+def run_guidance(args) -> None:
+    """Euler at `--nfe` evaluations with no guidance, APG and CFG at each scale (guided runs take half the steps)."""
+    seconds = music_info(args.pipeline).get("clip_seconds", 2.048)
+    ref = reference(args.n, seconds)
+    decoded = decoded_reference(args.pipeline, args.n, seconds)
+    print("| guidance | scale | NFE | FD vs real [95% CI] | instrument | key | tempo | RTF | FD vs decoded real |\n"
+          "|---|---|---|---|---|---|---|---|---|")
+    print(f"| none | 1 | {cell(args.pipeline, args.nfe, args.n, ref, decoded=decoded)} |", flush=True)
+    for scale in args.scales:
+        for kind in ("apg", "cfg"):
+            row = cell(args.pipeline, args.nfe, args.n, ref, guidance_scale=scale, decoded=decoded, guidance=kind)
+            print(f"| {kind.upper()} | {scale:g} | {row} |", flush=True)
 
 
 def run_fit_spec(args) -> None:
@@ -214,6 +230,11 @@ def main() -> None:
     p.add_argument("--n", type=int, default=256)
     p.add_argument("--nfe", type=int, nargs="+", default=[16, 60])
     p.add_argument("--solver", default=None)
+    p = sub.add_parser("guidance")
+    p.add_argument("pipeline", type=Path)
+    p.add_argument("--n", type=int, default=256)
+    p.add_argument("--nfe", type=int, default=60)
+    p.add_argument("--scales", type=float, nargs="+", default=[2.0, 4.0])
     p = sub.add_parser("fit-spec")
     p.add_argument("pipeline", type=Path)
     p.add_argument("--nfe", type=int, default=8)
@@ -229,7 +250,7 @@ def main() -> None:
     p.add_argument("--points", type=int, default=10)
     args = parser.parse_args()
     torch.set_num_threads(args.threads if hasattr(args, "threads") else 1)
-    {"samplers": run_samplers, "compare": run_compare, "fit-spec": run_fit_spec, "autoencoder": run_autoencoder,
+    {"samplers": run_samplers, "compare": run_compare, "guidance": run_guidance, "fit-spec": run_fit_spec, "autoencoder": run_autoencoder,
      "curve": run_curve}[args.what](args)
 
 
