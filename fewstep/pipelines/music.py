@@ -60,13 +60,33 @@ def load_music_pipeline(folder: str | Path, solver: str | None = None, spec: str
 
     if not is_music_pipeline(folder):
         raise ValueError(f"{folder} is not a saved AceStepPipeline (model_index.json names another class or is missing)")
-    pipe = AceStepPipeline.from_pretrained(str(folder)).to(device)
+    pipe = _quiet_load(AceStepPipeline, folder).to(device)
     pipe.set_progress_bar_config(disable=True)
     if spec is not None:
         pipe.scheduler = FewStepScheduler.from_config(pipe.scheduler.config, spec=str(spec))
     elif solver is not None:
         pipe.scheduler = FewStepScheduler.from_config(pipe.scheduler.config, solver=solver)
     return pipe
+
+
+def _quiet_load(cls: Any, folder: str | Path) -> Any:
+    """`cls.from_pretrained(folder)` without diffusers' per-component progress bars and torch's weight_norm notice."""
+    import warnings
+
+    from diffusers.utils import logging as diffusers_logging
+
+    from transformers.utils import logging as transformers_logging
+
+    loggers = [m for m in (diffusers_logging, transformers_logging) if m.is_progress_bar_enabled()]
+    for module in loggers:
+        module.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*weight_norm.*", category=FutureWarning)
+            return cls.from_pretrained(str(folder))
+    finally:
+        for module in loggers:
+            module.enable_progress_bar()
 
 
 def check_prompts(pipe: Any, prompts: list[str], info: dict[str, Any]) -> None:
