@@ -230,12 +230,12 @@ class MusicScores:
 def held_out_music(count: int, seconds: float | None = None) -> tuple[Tensor, list[str], list[str], dict[str, Tensor]]:
     """(audio [N, 1, T], captions, lyrics, labels) of the first `count` held-out synthetic clips (the FD reference)."""
     from fewstep.data.music import CLIP_SECONDS, MusicDataset
+    from fewstep.metrics.music import music_arrays
 
-    data = MusicDataset("test", n_test=count, seconds=seconds or CLIP_SECONDS)
-    items = [data[i] for i in range(len(data))]
-    labels = {k: torch.tensor([item[k] for item in items]) for k in ("instrument", "key", "tempo")}
-    return (torch.stack([item["audio"] for item in items]), [item["prompt"] for item in items],
-            [item["lyrics"] for item in items], labels)
+    options = {"n_test": count, "seconds": seconds or CLIP_SECONDS}
+    audio, labels = music_arrays("test", **options)
+    captions = MusicDataset("test", **options).labels  # label records only: no second synthesis
+    return audio, [c.prompt for c in captions], [c.lyrics for c in captions], labels
 
 
 def score_music(samples: MusicSamples, labels: dict[str, Tensor], reference_features: Tensor, seconds: float,

@@ -142,9 +142,18 @@ def test_generator_trains_both_networks_and_exports_an_ace_step_pipeline(generat
     assert samples.audio.shape == (2, 1, 12288) and torch.isfinite(samples.audio).all()
     run = generator.parent
     assert (run / "samples" / "step_000003.png").is_file() and (run / "samples" / "step_000003_0.wav").is_file()
-    # both trained networks left their initialisation (the condition encoder too, not only the transformer)
+    # both trained networks are averaged (EMA) and checkpointed, the condition encoder too
     checkpoint = sorted((run / "checkpoints").iterdir())[-1]
     assert json.loads((checkpoint / "trainer_state.json").read_text())["ema"] == ["transformer", "condition_encoder"]
+
+
+def test_the_optimizer_trains_the_condition_encoder_too(tmp_path, autoencoder):
+    """Every parameter of the transformer and of the condition encoder is in the optimizer (not only the main network)."""
+    trainer = Trainer(gen_config(tmp_path / "run", autoencoder))
+    optimized = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
+    for name in ("transformer", "condition_encoder"):
+        params = [p for p in trainer.objective.networks[name].parameters() if p.requires_grad]
+        assert params and all(id(p) in optimized for p in params), name
 
 
 def test_repa_adds_a_bounded_alignment_loss_and_trains_its_projector(tmp_path, autoencoder):
