@@ -6,6 +6,8 @@
     python scripts/bench_music.py samplers assets/music/generator --n 256 --nfe 4 8 16 32 60 --spec SPEC
     python scripts/bench_music.py compare runs/music_repa_off/pipeline runs/music_repa_on/pipeline --nfe 16 60
     python scripts/bench_music.py guidance assets/music/generator --nfe 60 --scales 2 4
+    python scripts/bench_music.py turbo assets/music/turbo runs/turbo_single/pipeline runs/turbo_regression/pipeline \
+        --teacher assets/music/generator --spec assets/music/specs/dpmpp_2m_nfe8.safetensors
 
 Every cell: `--n` clips, one per held-out caption + lyrics (the first n of the synthetic test split),
 seed 0; FD on the `music` features against those n real held-out clips, 95 % bootstrap interval;
@@ -52,10 +54,31 @@ def decoded_reference(folder: Path, n: int, seconds: float) -> torch.Tensor:
     return build_music_feature_extractor()(decoded).double()
 
 
+class TransformerClock:
+    """Wall-clock seconds spent inside `pipe.transformer` (forward hooks): the denoising cost without encoders and VAE."""
+
+    def __init__(self, transformer: torch.nn.Module) -> None:
+        self.seconds, self._start = 0.0, 0.0
+        self.handles = [transformer.register_forward_pre_hook(self._begin), transformer.register_forward_hook(self._end)]
+
+    def _begin(self, *_: object) -> None:
+        self._start = time.perf_counter()
+
+    def _end(self, *_: object) -> None:
+        self.seconds += time.perf_counter() - self._start
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
 def cell(folder: Path, nfe: int, n: int, ref: tuple, solver: str | None = None, spec: str | None = None,
          guidance_scale: float = 1.0, decoded: torch.Tensor | None = None, target: torch.Tensor | None = None,
-         guidance: str = "apg") -> str:
-    """Generate one clip per held-out caption with one sampler; its table cells (see HEADER)."""
+         guidance: str = "apg", shift: float = 3.0, clock: list[float] | None = None) -> str:
+    """Generate one clip per held-out caption with one sampler; its table cells (see HEADER).
+
+    `clock`, if given, receives the seconds spent in the transformer (the denoising loop's own cost).
+    """
     features, prompts, lyrics, labels = ref
     pipe = load_music_pipeline(folder, solver=solver, spec=spec)
     seconds = music_info(folder).get("clip_seconds", 2.048)
@@ -64,10 +87,14 @@ def cell(folder: Path, nfe: int, n: int, ref: tuple, solver: str | None = None, 
         from fewstep.samplers.spec import SamplerSpec
 
         steps = SamplerSpec.load(spec).num_steps
+    timer = TransformerClock(pipe.transformer)
     start = time.perf_counter()
     samples = generate_music(pipe, prompts[:n], lyrics[:n], num_clips=1, num_steps=steps, guidance_scale=guidance_scale,
-                             duration=seconds, batch_size=64, guidance=guidance)
+                             duration=seconds, batch_size=64, guidance=guidance, shift=shift)
     elapsed = time.perf_counter() - start
+    timer.remove()
+    if clock is not None:
+        clock.append(timer.seconds)
     scores = score_music(samples, {k: v[:n] for k, v in labels.items()}, features, elapsed)
     cells = [str(scores.nfe), scores.row()]
     if decoded is not None:
@@ -80,12 +107,13 @@ def cell(folder: Path, nfe: int, n: int, ref: tuple, solver: str | None = None, 
     return " | ".join(cells)
 
 
-def latent_target(folder: Path, n: int, ref: tuple, steps: int) -> torch.Tensor:
-    """Final latents [n, T, C] of the pipeline's own Euler at `steps` steps from the benchmark's noise and captions."""
+def latent_target(folder: Path, n: int, ref: tuple, steps: int, guidance_scale: float = 1.0) -> torch.Tensor:
+    """Final latents [n, T, C] of the pipeline's own Euler at `steps` steps (CFG if scale > 1) from the benchmark's noise and captions."""
     _, prompts, lyrics, _ = ref
     pipe = load_music_pipeline(folder)
     seconds = music_info(folder).get("clip_seconds", 2.048)
-    return generate_music(pipe, prompts[:n], lyrics[:n], num_steps=steps, duration=seconds, batch_size=64).latents
+    return generate_music(pipe, prompts[:n], lyrics[:n], num_steps=steps, duration=seconds, batch_size=64,
+                          guidance_scale=guidance_scale, guidance="cfg").latents
 
 
 def real_floor(n: int, seconds: float, ref: tuple) -> str:
@@ -214,6 +242,37 @@ def run_curve(args) -> None:
         print(f"| {step} | " + " | ".join(f"{series[t].get(step, float('nan')):.4f}" for t in tags) + " |")
 
 
+def run_turbo(args) -> None:
+    """Turbo students at each trained (steps, shift) vs the teacher: 60 guided Euler steps, 60 unguided, 8-NFE samplers."""
+    from fewstep.pipelines.music import load_music_pipeline as load
+
+    seconds = music_info(args.teacher).get("clip_seconds", 2.048)
+    ref = reference(args.n, seconds)
+    decoded = decoded_reference(args.teacher, args.n, seconds)
+    target = latent_target(args.teacher, args.n, ref, args.reference_steps, args.guidance_scale)
+    print(f"| model | sampler | NFE | FD vs real [95% CI] | instrument | key | tempo | RTF | FD vs decoded real | "
+          f"latent RMS to Euler-{args.reference_steps} CFG w={args.guidance_scale:g} | transformer s |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
+
+    def row(model: str, sampler: str, folder: Path, nfe: int, **kwargs: object) -> None:
+        clock: list[float] = []
+        cells = cell(folder, nfe, args.n, ref, decoded=decoded, target=target, clock=clock, **kwargs)
+        print(f"| {model} | {sampler} | {cells} | {clock[0]:.2f} |", flush=True)
+
+    teacher = str(args.teacher)
+    row(teacher, f"Euler 60, CFG w={args.guidance_scale:g}", args.teacher, 120, guidance_scale=args.guidance_scale, guidance="cfg")
+    row(teacher, f"Euler 60, APG w={args.guidance_scale:g}", args.teacher, 120, guidance_scale=args.guidance_scale)
+    row(teacher, "Euler 60, unguided", args.teacher, 60)
+    row(teacher, "DPM-Solver++(2M) 8", args.teacher, 8, solver="dpmpp_2m")
+    if args.spec:
+        row(teacher, f"learned spec {Path(args.spec).name}", args.teacher, 0, spec=args.spec)
+    for folder in args.students:
+        grids = load(folder).student_grids
+        for grid in grids:
+            shift = 3.0 if grid["shift"] is None else float(grid["shift"])
+            row(str(folder), f"{grid['steps']} steps, shift {shift:g}", folder, int(grid["steps"]), shift=shift)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", required=True)
@@ -242,6 +301,13 @@ def main() -> None:
     p.add_argument("--teacher-steps", type=int, default=60)
     p.add_argument("--iterations", type=int, default=200)
     p.add_argument("--out", type=Path, required=True)
+    p = sub.add_parser("turbo")
+    p.add_argument("students", type=Path, nargs="+", help="AceStepTurboPipeline folders")
+    p.add_argument("--teacher", type=Path, default=Path("assets/music/generator"))
+    p.add_argument("--spec", default=None, help="a learned 8-NFE spec of the teacher (its best 8-step sampler)")
+    p.add_argument("--n", type=int, default=256)
+    p.add_argument("--guidance-scale", type=float, default=2.0)
+    p.add_argument("--reference-steps", type=int, default=200, help="Euler steps of the latent reference solution")
     p = sub.add_parser("autoencoder")
     p.add_argument("pipeline", type=Path)
     p.add_argument("--n", type=int, default=256)
@@ -251,7 +317,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads if hasattr(args, "threads") else 1)
     {"samplers": run_samplers, "compare": run_compare, "guidance": run_guidance, "fit-spec": run_fit_spec, "autoencoder": run_autoencoder,
-     "curve": run_curve}[args.what](args)
+     "curve": run_curve, "turbo": run_turbo}[args.what](args)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,8 @@ def register(subparsers) -> argparse.ArgumentParser:
                        help="caption, e.g. 'piano, 120 bpm, C major' (repeat for several)")
     music.add_argument("--lyrics", action="append", default=None, help="lyrics (one, or one per --prompt)")
     music.add_argument("--duration", type=float, default=None, help="seconds per clip (default: the training clip length)")
-    music.add_argument("--shift", type=float, default=3.0, help="time shift of the pipeline's grid (ACE-Step: 3)")
+    music.add_argument("--shift", type=float, default=None,
+                       help="time shift of the pipeline's grid (default: ACE-Step's 3; a turbo student's default grid)")
     music.add_argument("--guidance", choices=("apg", "cfg"), default="apg",
                        help="guidance when --guidance-scale > 1: APG (the pipeline's) or plain CFG")
     return parser
@@ -139,8 +140,14 @@ def run_music(args) -> int:
     if spec_steps is not None and args.steps is not None and args.steps != spec_steps:
         raise ValueError(f"{args.spec} is a {spec_steps}-step sampler spec; drop --steps {args.steps} or sample without --spec")
     steps = spec_steps or args.steps or getattr(pipe, "default_inference_steps", None) or 8
+    shift = args.shift if args.shift is not None or hasattr(pipe, "student_grids") else 3.0
+    if hasattr(pipe, "student_grids"):  # a turbo student: only its trained grids, no guidance
+        if args.guidance_scale > 1:
+            raise ValueError(f"{args.pipeline} is a turbo student with the teacher's guidance distilled into it; "
+                             "drop --guidance-scale (it samples without guidance, one network call per step)")
+        pipe.student_times(steps, shift)  # refuses an untrained step count or shift, naming the trained ones
     samples = generate_music(pipe, args.prompt, args.lyrics or [""], num_clips=clips, num_steps=steps,
-                             guidance_scale=args.guidance_scale, shift=args.shift,
+                             guidance_scale=args.guidance_scale, shift=shift,
                              duration=args.duration if args.duration is not None else info.get("clip_seconds"),
                              seed=args.seed, batch_size=args.batch_size, guidance=args.guidance)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -149,7 +156,7 @@ def run_music(args) -> int:
     grid = save_spectrogram_grid(samples.audio[:16, 0], samples.sample_rate, args.out / "spectrograms.png",
                                  titles=samples.prompts[:16])
     record = {"pipeline": str(args.pipeline), "scheduler": dict(pipe.scheduler.config), "steps": steps, "nfe": samples.nfe,
-              "guidance_scale": args.guidance_scale, "guidance": args.guidance, "shift": args.shift, "seed": args.seed,
+              "guidance_scale": args.guidance_scale, "guidance": args.guidance, "shift": shift, "seed": args.seed,
               "clips": [{"file": f"{i:06d}.wav", "prompt": p, "lyrics": l}
                         for i, (p, l) in enumerate(zip(samples.prompts, samples.lyrics))]}
     write_atomic(args.out / "sampling.json", lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1, default=str)))

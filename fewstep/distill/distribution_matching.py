@@ -1,13 +1,13 @@
 """Distribution matching distillation parts (DMD, Yin et al. 2024, arXiv 2311.18828; DMD2, arXiv 2405.14867).
 
-Pure functions and small modules that the `msd` / `dmd` objectives (and later distillers,
-e.g. an audio turbo student) assemble:
+Pure functions and small modules that the `msd` / `dmd` and `acestep_turbo` objectives assemble:
 
 - `NetworkDenoiser` (from `fewstep.samplers`): a class-conditional network on a fewstep noise
   path at *per-sample* times t [B], returning x0 (optionally with classifier-free guidance);
 - `dm_gradient` / `dm_surrogate_loss`: DMD's normalised distribution-matching gradient
   `(x0_fake - x0_real) / mean|x - x0_real|` and the `0.5 ||x - sg(x - grad)||^2` surrogate that
-  pushes it through the generator;
+  pushes it through the generator; `distribution_matching_loss` puts them together (what the
+  distillers call);
 - `FeatureTap` + `DiscriminatorHead`: DMD2's GAN classifier on the fake-score network's
   bottleneck features, with the non-saturating losses `gan_generator_loss` /
   `gan_discriminator_loss`.
@@ -44,6 +44,18 @@ def dm_surrogate_loss(x: Tensor, grad: Tensor) -> Tensor:
     """`0.5 * mean (x - sg(x - grad))^2`: its gradient w.r.t. x is `grad / x.numel()` (DMD's trick)."""
     target = (x - grad).detach()
     return 0.5 * F.mse_loss(x.float(), target.float(), reduction="mean")
+
+
+def distribution_matching_loss(x: Tensor, x0_real: Tensor, x0_fake: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    """DMD's generator loss for samples x [B, ...] (with grad) and the real / fake x0 predictions at their noised copies.
+
+    Returns (`0.5 ||x - sg(x - grad)||^2` with grad = `dm_gradient(x, x0_real, x0_fake)`, logs
+    {"dm_loss", "dm_grad": mean |grad|}). The one implementation every distribution-matching
+    distiller (`msd` / `dmd`, `acestep_turbo`) calls.
+    """
+    grad = dm_gradient(x.detach(), x0_real.detach(), x0_fake.detach())
+    loss = dm_surrogate_loss(x, grad)
+    return loss, {"dm_loss": loss.detach(), "dm_grad": grad.abs().mean()}
 
 
 class FeatureTap:

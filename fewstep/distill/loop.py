@@ -107,9 +107,7 @@ def build_model(cfg: ModelConfig, teacher: Teacher | None = None) -> nn.Module:
         if not cfg.pretrained:
             raise ValueError("model.type=pretrained needs model.pretrained=PIPELINE_FOLDER")
         if teacher is None or (cfg.teacher is not None and Path(cfg.teacher).resolve() != Path(cfg.pretrained).resolve()):
-            from fewstep.pipelines.loading import load_teacher
-
-            return load_teacher(cfg.pretrained).network.requires_grad_(True).train()
+            return load_any_teacher(cfg.pretrained).network.requires_grad_(True).train()
         return copy.deepcopy(teacher.network).requires_grad_(True).train()
     if cfg.type == "masked_transformer":
         from fewstep.models import MaskedDiffusionTransformer
@@ -137,11 +135,17 @@ def load_model_teacher(cfg: ModelConfig) -> Teacher | None:
         raise ValueError("model.type=pretrained needs model.pretrained=PIPELINE_FOLDER")
     if source is None:
         return None
-    from fewstep.pipelines.loading import load_teacher
-
-    teacher = load_teacher(source)
+    teacher = load_any_teacher(source)
     teacher.network.eval().requires_grad_(False)
     return teacher
+
+
+def load_any_teacher(source: str) -> Teacher:
+    """A saved pipeline as a frozen teacher: image / 2-D pipelines, or an ACE-Step-style music generator (with its pipeline)."""
+    from fewstep.pipelines.loading import load_teacher
+    from fewstep.pipelines.music import is_music_pipeline, load_music_teacher
+
+    return load_music_teacher(source) if is_music_pipeline(source) else load_teacher(source)
 
 
 class StepBatchSampler(Sampler[list[int]]):

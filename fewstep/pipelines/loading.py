@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -26,6 +27,7 @@ class LoadedTeacher:
     scheduler_config: dict
     source: str | None = None  # the pipeline folder it was loaded from
     default_steps: int | None = None  # the pipeline's own default step count (one-step students: 1)
+    pipeline: Any = None  # the whole pipeline, when the network alone is not enough (music: text encoders, VAE)
 
     def fingerprint(self) -> str:
         """A short hash of the network's parameter names, shapes and value sums (identifies the teacher).

@@ -39,10 +39,24 @@ class MusicSamples:
     latents: Tensor | None = None  # [N, T, C] the final latents (before the VAE decoder)
 
 
-def is_music_pipeline(folder: str | Path) -> bool:
-    """True if `folder` holds a saved `AceStepPipeline`."""
+#: saved pipeline classes that are ACE-Step-style music generators (the teacher and its turbo student).
+MUSIC_PIPELINES = ("AceStepPipeline", "AceStepTurboPipeline")
+
+
+def pipeline_class_name(folder: str | Path) -> str | None:
+    """The `_class_name` of the pipeline saved in `folder`, or None without a model_index.json."""
     index = Path(folder) / "model_index.json"
-    return index.is_file() and json.loads(index.read_text()).get("_class_name") == "AceStepPipeline"
+    return json.loads(index.read_text()).get("_class_name") if index.is_file() else None
+
+
+def is_music_pipeline(folder: str | Path) -> bool:
+    """True if `folder` holds a saved `AceStepPipeline` (or fewstep's turbo student of one)."""
+    return pipeline_class_name(folder) in MUSIC_PIPELINES
+
+
+def is_turbo_pipeline(folder: str | Path) -> bool:
+    """True if `folder` holds a distilled `AceStepTurboPipeline` (fixed grids, no guidance)."""
+    return pipeline_class_name(folder) == "AceStepTurboPipeline"
 
 
 def music_info(folder: str | Path) -> dict[str, Any]:
@@ -57,10 +71,15 @@ def load_music_pipeline(folder: str | Path, solver: str | None = None, spec: str
     from diffusers import AceStepPipeline
 
     from .scheduler import FewStepScheduler
+    from .turbo import AceStepTurboPipeline
 
     if not is_music_pipeline(folder):
         raise ValueError(f"{folder} is not a saved AceStepPipeline (model_index.json names another class or is missing)")
-    pipe = _quiet_load(AceStepPipeline, folder).to(device)
+    turbo = is_turbo_pipeline(folder)
+    if turbo and (solver is not None or spec is not None):
+        raise ValueError(f"{folder} is a turbo student: it runs its own trained time grids with Euler steps; a solver or "
+                         "sampler spec does not apply (sample its teacher with those instead)")
+    pipe = _quiet_load(AceStepTurboPipeline if turbo else AceStepPipeline, folder).to(device)
     pipe.set_progress_bar_config(disable=True)
     if spec is not None:
         pipe.scheduler = FewStepScheduler.from_config(pipe.scheduler.config, spec=str(spec))
@@ -123,9 +142,13 @@ def nfe_of(pipe: Any, num_steps: int, guidance_scale: float) -> int:
 
 @torch.no_grad()
 def generate_music(pipe: Any, prompts: list[str], lyrics: list[str], num_clips: int = 1, num_steps: int = 8,
-                   guidance_scale: float = 1.0, shift: float = 3.0, duration: float | None = None, seed: int = 0,
+                   guidance_scale: float = 1.0, shift: float | None = 3.0, duration: float | None = None, seed: int = 0,
                    batch_size: int = 16, guidance: str = "apg") -> MusicSamples:
-    """`num_clips` clips per (prompt, lyrics) pair, in batches, from seeded noise (clip k of the run: seed + k)."""
+    """`num_clips` clips per (prompt, lyrics) pair, in batches, from seeded noise (clip k of the run: seed + k).
+
+    A turbo student (`AceStepTurboPipeline`) takes `num_steps` / `shift` from its trained grids
+    (`shift=None`: its default one) and no guidance.
+    """
     if len(lyrics) not in (1, len(prompts)):
         raise ValueError(f"give one lyrics string or one per prompt; got {len(lyrics)} lyrics for {len(prompts)} prompts")
     if guidance not in GUIDANCES:
@@ -193,20 +216,88 @@ def music_denoiser(pipe: Any, prompts: list[str], lyrics: list[str], duration: f
     What `AceStepPipeline` feeds its transformer for text-to-music, for fewstep's solvers, BOSS and
     `fit_sampler` (unguided: guidance_scale 1). Latents are [B, T, C]; t is the pipeline's timestep.
     """
-    from fewstep.models.acestep import text2music_context
     from fewstep.samplers import Denoiser, RectifiedFlowPath
+
+    conditions = music_conditions(pipe, prompts, lyrics, duration)
+    path = RectifiedFlowPath(int(pipe.scheduler.config.num_train_timesteps))
+    denoiser = Denoiser(_TransformerAsModel(pipe.transformer), path, "flow_prediction")
+    return denoiser, conditions, latent_shape(pipe, duration)
+
+
+def latent_shape(pipe: Any, duration: float) -> tuple[int, int]:
+    """(frames, channels) of the latents of a `duration`-second clip."""
+    return math.ceil(duration * pipe.latents_per_second), int(pipe.transformer.config.audio_acoustic_hidden_dim)
+
+
+@torch.no_grad()
+def music_conditions(pipe: Any, prompts: list[str], lyrics: list[str], duration: float) -> dict[str, Tensor]:
+    """{encoder_hidden_states [B, L, D], context_latents [B, T, 2C]}: what `AceStepPipeline` feeds its transformer for text-to-music."""
+    from fewstep.models.acestep import text2music_context
 
     device = pipe.transformer.device
     text, text_mask, lyric, lyric_mask = pipe.encode_prompt(prompts, lyrics, device, audio_duration=duration)
     frames = math.ceil(30 * pipe.latents_per_second)
     silence = pipe.condition_encoder.silence_latent[:, :frames].to(device).expand(len(prompts), -1, -1)
     states, _ = pipe.condition_encoder(text, text_mask, lyric, lyric_mask, silence, torch.arange(len(prompts), device=device))
-    length = math.ceil(duration * pipe.latents_per_second)
-    context = text2music_context(pipe.condition_encoder, len(prompts), length).to(device)
+    context = text2music_context(pipe.condition_encoder, len(prompts), latent_shape(pipe, duration)[0]).to(device)
+    return {"encoder_hidden_states": states, "context_latents": context}
+
+
+@torch.no_grad()
+def encode_captions(pipe: Any, prompts: list[str], lyrics: list[str], duration: float, batch_size: int = 64) -> Tensor:
+    """`encoder_hidden_states` [N, L, D] of every (caption, lyrics), once, all padded to the same length L.
+
+    The pipeline pads a batch to its longest caption; every chunk here is encoded with the
+    longest caption of the whole list appended (then dropped), so each row is exactly what
+    `music_conditions` gives in a batch that holds that caption.
+    """
+    from tqdm.auto import tqdm
+
+    texts = [pipe._format_prompt(prompt=p, lyrics=l, audio_duration=duration) for p, l in zip(prompts, lyrics)]
+    lengths = [len(pipe.tokenizer(text).input_ids) + len(pipe.tokenizer(lyric).input_ids) for text, lyric in texts]
+    longest = max(range(len(lengths)), key=lengths.__getitem__)
+    chunks = []
+    for lo in tqdm(range(0, len(prompts), batch_size), desc="encode captions", leave=False):
+        rows = [*range(lo, min(lo + batch_size, len(prompts))), longest]
+        states = music_conditions(pipe, [prompts[i] for i in rows], [lyrics[i] for i in rows], duration)["encoder_hidden_states"]
+        chunks.append(states[:-1].cpu())
+    if len({c.shape[1] for c in chunks}) != 1:
+        raise RuntimeError("captions encoded to different lengths; the condition encoder does not pad to the longest")
+    return torch.cat(chunks)
+
+
+def null_conditions(pipe: Any, conditions: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The unconditional input of classifier-free guidance: the learned `null_condition_emb` in place of the caption/lyrics."""
+    states = conditions["encoder_hidden_states"]
+    null = pipe.condition_encoder.null_condition_emb.to(device=states.device, dtype=states.dtype).expand_as(states)
+    return {"encoder_hidden_states": null, "context_latents": conditions["context_latents"]}
+
+
+def load_music_teacher(folder: str | Path, device: str | torch.device = "cpu") -> Any:
+    """The generator of `folder` as a frozen fewstep teacher (`LoadedTeacher` with the whole pipeline in `.pipeline`).
+
+    Its network is the transformer (velocity in t, the pipeline's flow path with t fed directly),
+    its samples are latents [frames, channels] of the clip length in music.json; conditioning
+    comes from `music_conditions(teacher.pipeline, ...)`.
+    """
+    from fewstep.samplers import Denoiser, RectifiedFlowPath
+
+    from .loading import LoadedTeacher
+
+    if is_turbo_pipeline(folder):
+        raise ValueError(f"{folder} is already a distilled turbo student; distil the generator it came from "
+                         f"({music_info(folder).get('teacher', 'its teacher')}) instead")
+    pipe = load_music_pipeline(folder, device=device)
+    pipe.transformer.eval().requires_grad_(False)
+    for module in (pipe.vae, pipe.text_encoder, pipe.condition_encoder):
+        module.eval().requires_grad_(False)
+    seconds = float(music_info(folder).get("clip_seconds", 2.048))
     path = RectifiedFlowPath(int(pipe.scheduler.config.num_train_timesteps))
-    denoiser = Denoiser(_TransformerAsModel(pipe.transformer), path, "flow_prediction")
-    shape = (length, int(pipe.transformer.config.audio_acoustic_hidden_dim))
-    return denoiser, {"encoder_hidden_states": states, "context_latents": context}, shape
+    teacher = LoadedTeacher(network=pipe.transformer, denoiser=Denoiser(_TransformerAsModel(pipe.transformer), path, "flow_prediction"),
+                            path=path, prediction_type="flow_prediction", sample_shape=latent_shape(pipe, seconds),
+                            num_classes=0, scheduler_config=dict(pipe.scheduler.config), source=str(folder),
+                            pipeline=pipe)
+    return teacher
 
 
 @dataclass

@@ -337,20 +337,24 @@ class AceStep(Objective):
     def write_preview(self, sample_fn: Callable[[Tensor], Tensor], networks: dict[str, nn.Module], stem: Path,
                       num_classes: int, per_class: int) -> Path:
         """`stem`.png: spectrograms of 8 samples titled by their captions, and `stem`_k.wav for each."""
-        from fewstep.audio import save_spectrogram_grid, write_audio
-
-        count = min(8, len(self.held_out["prompt"]))
-        audio = sample_fn(torch.arange(count)).float().cpu()
-        rate = int(self.vae.config.sampling_rate)
-        for k in range(count):
-            write_audio(stem.parent / f"{stem.name}_{k}.wav", audio[k], rate)
-        return save_spectrogram_grid(audio[:, 0], rate, stem.with_suffix(".png"), titles=self.held_out["prompt"][:count])
+        return write_music_preview(sample_fn, self.held_out["prompt"], int(self.vae.config.sampling_rate), stem)
 
     def export(self, networks: dict[str, nn.Module], folder: Path) -> None:
         """`AceStepPipeline.save_pretrained(folder)` (Euler scheduler, ACE-Step's) + music.json (tags, clip length)."""
         pipe = self.pipeline({k: copy.deepcopy(_unwrap(v)).eval() for k, v in networks.items()})
         pipe.save_pretrained(str(folder))
         (Path(folder) / MUSIC_INFO).write_text(json.dumps(self.info, indent=2))
+
+
+def write_music_preview(sample_fn: Callable[[Tensor], Tensor], prompts: list[str], sample_rate: int, stem: Path) -> Path:
+    """`stem`.png: spectrograms of the clips for the first 8 held-out `prompts` (titled by them), and `stem`_k.wav for each."""
+    from fewstep.audio import save_spectrogram_grid, write_audio
+
+    count = min(8, len(prompts))
+    audio = sample_fn(torch.arange(count)).float().cpu()
+    for k in range(count):
+        write_audio(stem.parent / f"{stem.name}_{k}.wav", audio[k], sample_rate)
+    return save_spectrogram_grid(audio[:, 0], sample_rate, stem.with_suffix(".png"), titles=prompts[:count])
 
 
 def _format(prompt: str, lyrics: str, clip_seconds: float) -> tuple[str, str]:

@@ -37,9 +37,9 @@ from torch.utils.data import Dataset, TensorDataset
 from fewstep.pipelines.class_conditional import null_class, sample_shape
 from fewstep.samplers import NetworkDenoiser, renoising_sample
 
+from .. import distribution_matching
 from ..distribution_matching import (
-    DiscriminatorHead, FeatureTap, dm_gradient, dm_surrogate_loss, feature_width, gan_discriminator_loss,
-    gan_generator_loss,
+    DiscriminatorHead, FeatureTap, feature_width, gan_discriminator_loss, gan_generator_loss,
 )
 from ..partitions import PARTITIONS, check_group_count, partition_classes, routing_table
 from ..teacher_pairs import PairRecipe, teacher_pair_dataset
@@ -239,10 +239,7 @@ class MultiStudentDistillation(Objective):
             x_t = critic.noise(x.detach(), eps, t)
             x0_real = self.real(x_t, t, labels, self.options.guidance_scale, self.null_label)
             x0_fake = critic(x_t, t, labels)
-            grad = dm_gradient(x.detach(), x0_real, x0_fake)
-        dm = dm_surrogate_loss(x, grad)
-        terms = {"dm_loss": dm.detach(), "dm_grad": grad.abs().mean()}
-        loss = dm
+        loss, terms = distribution_matching.distribution_matching_loss(x, x0_real, x0_fake)
         if self.options.gan_weight > 0:
             with frozen(self.networks[critic_name(k)], self.networks[head_name(k)]):  # gradient reaches x only
                 critic.raw(critic.noise(x, eps, t), t, labels)
