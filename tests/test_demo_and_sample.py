@@ -42,11 +42,14 @@ def test_demo_audio_part_writes_wavs_and_scores_the_shipped_generator(tmp_path, 
     out = tmp_path / "demo"
     assert main(["demo", "--audio", "only", "--audio-n", "8", "--out", str(out)]) == 0
     results = json.loads((out / "results_audio.json").read_text())
-    assert [r["nfe"] for r in results] == [60, 8, 8, 8]  # Euler 60 (ACE-Step's default), Euler / 2M / learned spec at 8
+    # Euler 60 (ACE-Step's default), Euler / 2M / learned spec at 8; the turbo student at 8 and 1 (no guidance)
+    assert [r["nfe"] for r in results] == [60, 8, 8, 8, 8, 1]
+    assert [r["sampler"] for r in results][-2:] == ["turbo student, 8 steps", "turbo student, 1 step"]
     assert all(r["fd"] >= 0 and 0 <= r["accuracy"]["instrument"] <= 1 and r["real_time_factor"] > 0 for r in results)
     audio, rate = read_audio(out / "audio" / "dpm_solver_2m_8_steps" / "00.wav")
     assert rate == 8000 and audio.shape == (1, 16384)
     assert Image.open(out / "audio" / "euler_8_steps.png").size[0] > 100
+    assert read_audio(out / "audio" / "turbo_student_1_step" / "00.wav")[0].shape == (1, 16384)
     assert not (out / "results.json").exists()  # the MNIST part was skipped
     assert "Music generator" in capsys.readouterr().out
 

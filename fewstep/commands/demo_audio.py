@@ -8,20 +8,23 @@ import time
 from pathlib import Path
 from typing import Any
 
-#: (label, FewStepScheduler solver or None for the pipeline's own Euler, steps, spec file name under assets/music/specs)
-AUDIO_RUNS: list[tuple[str, str | None, int, str | None]] = [
-    ("Euler, 60 steps (ACE-Step's default)", None, 60, None),
-    ("Euler, 8 steps", None, 8, None),
-    ("DPM-Solver++(2M), 8 steps", "dpmpp_2m", 8, None),
-    ("learned spec, 8 steps", None, 8, "dpmpp_2m_nfe8.safetensors"),
+#: (label, model under assets/music, FewStepScheduler solver or None for the pipeline's own Euler, steps,
+#:  spec file name under assets/music/specs). "turbo" is the distilled student (its own grids, shift 3, no guidance).
+AUDIO_RUNS: list[tuple[str, str, str | None, int, str | None]] = [
+    ("Euler, 60 steps (ACE-Step's default)", "generator", None, 60, None),
+    ("Euler, 8 steps", "generator", None, 8, None),
+    ("DPM-Solver++(2M), 8 steps", "generator", "dpmpp_2m", 8, None),
+    ("learned spec, 8 steps", "generator", None, 8, "dpmpp_2m_nfe8.safetensors"),
+    ("turbo student, 8 steps", "turbo", None, 8, None),
+    ("turbo student, 1 step", "turbo", None, 1, None),
 ]
 
 
-def generator_dir() -> Path:
-    """The shipped music generator (an AceStepPipeline folder)."""
+def generator_dir(model: str = "generator") -> Path:
+    """A shipped music model folder: the generator (an AceStepPipeline) or its turbo student."""
     from fewstep.io import assets_dir
 
-    return assets_dir() / "music" / "generator"
+    return assets_dir() / "music" / model
 
 
 def run_audio_demo(out: Path, n: int = 64, seed: int = 0, device: str = "cpu") -> list[dict[str, Any]]:
@@ -36,11 +39,11 @@ def run_audio_demo(out: Path, n: int = 64, seed: int = 0, device: str = "cpu") -
     audio, prompts, lyrics, labels = held_out_music(n, seconds)
     reference = build_music_feature_extractor()(audio).double()
     results = []
-    for label, solver, steps, spec_name in AUDIO_RUNS:
+    for label, model, solver, steps, spec_name in AUDIO_RUNS:
         spec = assets_dir() / "music" / "specs" / spec_name if spec_name else None
-        if spec is not None and not spec.is_file():
+        if (spec is not None and not spec.is_file()) or not (generator_dir(model) / "model_index.json").is_file():
             continue
-        pipe = load_music_pipeline(folder, solver=solver, spec=spec, device=device)
+        pipe = load_music_pipeline(generator_dir(model), solver=solver, spec=spec, device=device)
         start = time.perf_counter()
         samples = generate_music(pipe, prompts, lyrics, num_clips=1, num_steps=steps, duration=seconds, seed=seed,
                                  batch_size=64)
@@ -58,7 +61,8 @@ def run_audio_demo(out: Path, n: int = 64, seed: int = 0, device: str = "cpu") -
 
 def format_audio_results(results: list[dict[str, Any]], n: int) -> str:
     """Markdown table of the audio runs."""
-    lines = [f"Music generator (assets/music/generator), {n} held-out captions per row, FD on `music` features:",
+    lines = [f"Music generator (assets/music/generator) and its turbo student (assets/music/turbo), {n} held-out captions "
+             "per row, FD on `music` features:",
              "| sampler | NFE | FD [95% CI] | instrument | key | tempo | RTF |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['sampler']} | {r['nfe']} | {r['row']} |" for r in results]
     return "\n".join(lines)

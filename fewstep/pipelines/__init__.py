@@ -1,8 +1,8 @@
 """diffusers integration: FewStepScheduler (fewstep's solvers behind the scheduler contract) and the pipelines.
 
-Importing this package registers `ClassConditionalPipeline`, `MultiStudentPipeline` and `OneStepFlowPipeline`
-with diffusers, so `DiffusionPipeline.from_pretrained("assets/teachers/mnist_flow")` works after
-`import fewstep.pipelines`.
+Importing this package registers `ClassConditionalPipeline`, `MultiStudentPipeline`, `OneStepFlowPipeline` and
+`AceStepTurboPipeline` with diffusers, so `DiffusionPipeline.from_pretrained("assets/teachers/mnist_flow")` works
+after `import fewstep.pipelines`.
 diffusers is imported here, by the network classes in `fewstep.models` (diffusers models and
 `ModelMixin` subclasses) and by what builds on them (`fewstep.metrics.mnist`, `fewstep.distill`);
 `fewstep.samplers` never imports it (a test enforces that), and `import fewstep` alone does not.
@@ -13,5 +13,7 @@ from .class_conditional import ClassConditionalPipeline
 from .multi_student import MultiStudentPipeline
 from .one_step import OneStepFlowPipeline
 from .scheduler import FewStepScheduler
+from .turbo import AceStepTurboPipeline
 
-__all__ = ["ClassConditionalPipeline", "FewStepScheduler", "MultiStudentPipeline", "OneStepFlowPipeline"]
+__all__ = ["AceStepTurboPipeline", "ClassConditionalPipeline", "FewStepScheduler", "MultiStudentPipeline",
+           "OneStepFlowPipeline"]

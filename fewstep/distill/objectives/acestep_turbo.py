@@ -282,10 +282,19 @@ class AceStepTurbo(Objective):
         return {"encoder_hidden_states": states, "context_latents": context.to(states.device, states.dtype)}
 
     def draw_grid(self, generator: torch.Generator) -> tuple[list[float], int]:
-        """(times of one of the student's grids, a step index k in it), uniformly (one draw per micro-batch)."""
-        grid = self.grids[int(torch.randint(len(self.grids), (1,), generator=generator, device=generator.device))]
-        k = int(torch.randint(len(grid["times"]), (1,), generator=generator, device=generator.device))
-        return list(grid["times"]), k
+        """(times of one of the student's grids, a step index k in it), one draw per micro-batch.
+
+        A step count uniformly, then one of its shifts uniformly (the 1-step grid is the same at
+        every shift, so the mix of step counts does not depend on how many shifts are trained).
+        """
+        def draw(count: int) -> int:
+            return int(torch.randint(count, (1,), generator=generator, device=generator.device))
+
+        counts = list(dict.fromkeys(int(g["steps"]) for g in self.grids))
+        steps = counts[draw(len(counts))]
+        same = [g for g in self.grids if int(g["steps"]) == steps]
+        times = list(same[draw(len(same))]["times"])
+        return times, draw(len(times))
 
     def draw_times(self, count: int, generator: torch.Generator, device: torch.device) -> Tensor:
         """t ~ U[t_min, t_max] [count]."""
