@@ -74,13 +74,20 @@ class TransformerClock:
 
 def cell(folder: Path, nfe: int, n: int, ref: tuple, solver: str | None = None, spec: str | None = None,
          guidance_scale: float = 1.0, decoded: torch.Tensor | None = None, target: torch.Tensor | None = None,
-         guidance: str = "apg", shift: float = 3.0, clock: list[float] | None = None) -> str:
+         guidance: str = "apg", shift: float = 3.0, clock: list[float] | None = None, plain: bool = False) -> str:
     """Generate one clip per held-out caption with one sampler; its table cells (see HEADER).
 
     `clock`, if given, receives the seconds spent in the transformer (the denoising loop's own cost).
+    `plain` loads a turbo student as a plain `AceStepPipeline`, which runs any grid (also untrained ones).
     """
     features, prompts, lyrics, labels = ref
-    pipe = load_music_pipeline(folder, solver=solver, spec=spec)
+    if plain:
+        from diffusers import AceStepPipeline
+
+        pipe = AceStepPipeline.from_pretrained(str(folder))
+        pipe.set_progress_bar_config(disable=True)
+    else:
+        pipe = load_music_pipeline(folder, solver=solver, spec=spec)
     seconds = music_info(folder).get("clip_seconds", 2.048)
     steps = nfe // 2 if guidance_scale > 1 else nfe
     if spec is not None:
@@ -243,7 +250,8 @@ def run_curve(args) -> None:
 
 
 def run_turbo(args) -> None:
-    """Turbo students at each trained (steps, shift) vs the teacher: 60 guided Euler steps, 60 unguided, 8-NFE samplers."""
+    """Turbo students vs the teacher (60 guided Euler steps, 60 unguided, 8-NFE samplers): the first student at each of
+    its grids, the others at MAIN_GRIDS (a grid a student was not trained on runs through a plain AceStepPipeline)."""
     from fewstep.pipelines.music import load_music_pipeline as load
 
     seconds = music_info(args.teacher).get("clip_seconds", 2.048)
@@ -266,11 +274,17 @@ def run_turbo(args) -> None:
     row(teacher, "DPM-Solver++(2M) 8", args.teacher, 8, solver="dpmpp_2m")
     if args.spec:
         row(teacher, f"learned spec {Path(args.spec).name}", args.teacher, 0, spec=args.spec)
-    for folder in args.students:
-        grids = load(folder).student_grids
-        for grid in grids:
-            shift = 3.0 if grid["shift"] is None else float(grid["shift"])
-            row(str(folder), f"{grid['steps']} steps, shift {shift:g}", folder, int(grid["steps"]), shift=shift)
+    for index, folder in enumerate(args.students):
+        trained = {(int(g["steps"]), g["shift"]) for g in load(folder).student_grids}
+        wanted = sorted(trained, key=lambda g: (-g[0], -(g[1] or 0))) if index == 0 else MAIN_GRIDS
+        for steps, shift in wanted:
+            untrained = (steps, shift) not in trained and not (steps == 1 and (1, 3.0) in trained)
+            label = f"{steps} steps, shift {shift:g}" + (" (untrained grid)" if untrained else "")
+            row(str(folder), label, folder, steps, shift=shift, plain=untrained)
+
+
+#: grids benchmarked for every student after the first: its steps at shift 3, and 8 steps at shifts 1 and 2.
+MAIN_GRIDS = [(8, 3.0), (4, 3.0), (1, 3.0), (8, 2.0), (8, 1.0)]
 
 
 def main() -> None:

@@ -205,8 +205,15 @@ class _TransformerAsModel(torch.nn.Module):
         self.transformer = transformer
 
     def forward(self, x: Tensor, timestep: Tensor, encoder_hidden_states: Tensor, context_latents: Tensor) -> Tensor:
-        return self.transformer(hidden_states=x, timestep=timestep, timestep_r=timestep,
-                                encoder_hidden_states=encoder_hidden_states, context_latents=context_latents).sample
+        return transformer_velocity(self.transformer, x, timestep, {"encoder_hidden_states": encoder_hidden_states,
+                                                                    "context_latents": context_latents})
+
+
+def transformer_velocity(transformer: torch.nn.Module, x: Tensor, t: Tensor, conditions: dict[str, Tensor]) -> Tensor:
+    """An ACE-Step transformer's velocity [B, T, C] at latents x [B, T, C] and times t [B] (t = 1 noise), as the pipeline calls it."""
+    t = t.to(device=x.device, dtype=x.dtype)
+    return transformer(hidden_states=x, timestep=t, timestep_r=t, encoder_hidden_states=conditions["encoder_hidden_states"],
+                       context_latents=conditions["context_latents"]).sample
 
 
 @torch.no_grad()

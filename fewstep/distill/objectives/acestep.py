@@ -326,12 +326,10 @@ class AceStep(Objective):
     def sample(self, networks: dict[str, nn.Module], class_labels: Tensor, generator: torch.Generator, num_steps: int,
                guidance_scale: float = 1.0) -> Tensor:
         """Audio [B, C, T] for the held-out captions/lyrics number `class_labels` (cycled), Euler on the shift grid."""
-        count = len(self.held_out["prompt"])
-        index = [int(i) % count for i in class_labels.tolist()]
+        prompts, lyrics = held_out_captions(self.held_out, class_labels)
         self._frozen_to(class_labels.device)
         pipe = self.pipeline(networks)
-        return pipe(prompt=[self.held_out["prompt"][i] for i in index], lyrics=[self.held_out["lyrics"][i] for i in index],
-                    audio_duration=self.info["clip_seconds"], num_inference_steps=num_steps,
+        return pipe(prompt=prompts, lyrics=lyrics, audio_duration=self.info["clip_seconds"], num_inference_steps=num_steps,
                     guidance_scale=guidance_scale, shift=self.options.sample_shift, generator=generator).audios
 
     def write_preview(self, sample_fn: Callable[[Tensor], Tensor], networks: dict[str, nn.Module], stem: Path,
@@ -344,6 +342,12 @@ class AceStep(Objective):
         pipe = self.pipeline({k: copy.deepcopy(_unwrap(v)).eval() for k, v in networks.items()})
         pipe.save_pretrained(str(folder))
         (Path(folder) / MUSIC_INFO).write_text(json.dumps(self.info, indent=2))
+
+
+def held_out_captions(held_out: dict[str, list[str]], numbers: Tensor) -> tuple[list[str], list[str]]:
+    """(prompts, lyrics) of the held-out captions number `numbers` [B] (cycled): what previews sample."""
+    index = [int(i) % len(held_out["prompt"]) for i in numbers.tolist()]
+    return [held_out["prompt"][i] for i in index], [held_out["lyrics"][i] for i in index]
 
 
 def write_music_preview(sample_fn: Callable[[Tensor], Tensor], prompts: list[str], sample_rate: int, stem: Path) -> Path:

@@ -43,8 +43,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from fewstep.pipelines.music import transformer_velocity as velocity
+
 from .. import distribution_matching
-from .acestep import MUSIC_INFO, write_music_preview
+from .acestep import MUSIC_INFO, held_out_captions, write_music_preview
 from .base import Objective, Teacher, register_objective
 
 METHODS = ("dmd", "regression")
@@ -147,13 +149,6 @@ def check_music_teacher(teacher: Teacher | None) -> Any:
                          "and model.pretrained to an AceStepPipeline folder (e.g. assets/music/generator, or the "
                          f"run_dir/pipeline of `fewstep train assets/configs/music_acestep.yaml`){found}")
     return teacher.pipeline
-
-
-def velocity(network: nn.Module, x: Tensor, t: Tensor, conditions: dict[str, Tensor]) -> Tensor:
-    """An ACE-Step transformer's velocity [B, T, C] at latents x [B, T, C] and times t [B] (t = 1 noise)."""
-    t = t.to(device=x.device, dtype=x.dtype)
-    return network(hidden_states=x, timestep=t, timestep_r=t, encoder_hidden_states=conditions["encoder_hidden_states"],
-                   context_latents=conditions["context_latents"]).sample
 
 
 def euler_chain(network: nn.Module, z: Tensor, conditions: dict[str, Tensor], times: list[float], last: int | None = None,
@@ -380,12 +375,10 @@ class AceStepTurbo(Objective):
     def sample(self, networks: dict[str, nn.Module], class_labels: Tensor, generator: torch.Generator, num_steps: int,
                guidance_scale: float = 1.0) -> Tensor:
         """Audio [B, C, T] for held-out captions number `class_labels` (cycled), on the default grid (no guidance)."""
-        count = len(self.held_out["prompt"])
-        index = [int(i) % count for i in class_labels.tolist()]
+        prompts, lyrics = held_out_captions(self.held_out, class_labels)
         self.pipe.to(class_labels.device)
-        return self.student_pipeline(networks)(prompt=[self.held_out["prompt"][i] for i in index],
-                                               lyrics=[self.held_out["lyrics"][i] for i in index],
-                                               audio_duration=self.clip_seconds, generator=generator).audios
+        return self.student_pipeline(networks)(prompt=prompts, lyrics=lyrics, audio_duration=self.clip_seconds,
+                                               generator=generator).audios
 
     def write_preview(self, sample_fn: Callable[[Tensor], Tensor], networks: dict[str, nn.Module], stem: Path,
                       num_classes: int, per_class: int) -> Path:
