@@ -1,0 +1,263 @@
+"""ZeRO memory accounting (Rajbhandari et al. 2020) and the shipped accelerate config files (assets/accelerate/)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from accelerate.commands.config.config_args import ClusterConfig, load_config_from_file
+from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+from accelerate.utils import DistributedType
+from safetensors import safe_open
+
+from fewstep.distill import scaling
+from fewstep.distill.scaling import (
+    SD15_UNET, SD_CLASS_TRAINERS, SHIPPED_TRAINERS, STAGES, NetworkSpec, ema_bytes, frozen_bytes, network_bytes,
+    trainer_memory, training_bytes,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+ACCELERATE_CONFIGS = ROOT / "assets" / "accelerate"
+GB = 1e9
+PSI = 7.5e9  # the ZeRO paper's example model
+
+
+def paper_formula(psi: float, stage: int, n: int, weights: int = 2, gradients: int = 2, k: int = 12) -> float:
+    """The ZeRO paper's equations as printed: (2 + 2 + K) Psi, 4 Psi + K Psi / N, 2 Psi + (2 + K) Psi / N, (4 + K) Psi / N."""
+    return [(weights + gradients + k) * psi, (weights + gradients) * psi + k * psi / n,
+            weights * psi + (gradients + k) * psi / n, (weights + gradients + k) * psi / n][stage]
+
+
+# -- (a) the paper's numbers -------------------------------------------------------------------
+
+def test_paper_example_at_64_processes() -> None:
+    """The paper's example: Psi = 7.5B, K = 12, N = 64 -> 120 GB, 31.4 GB, 16.6 GB, 1.9 GB."""
+    printed = {0: 120.0, 1: 31.4, 2: 16.6, 3: 1.9}
+    for stage, gb in printed.items():
+        assert round(training_bytes(PSI, stage, 64) / GB, 1) == gb
+
+
+def test_paper_example_on_one_process_is_120_gb_at_every_stage() -> None:
+    """With N = 1 nothing is split: 16 Psi = 120 GB whatever the stage."""
+    assert [training_bytes(PSI, stage, 1) / GB for stage in STAGES] == [120.0] * 4
+
+
+@pytest.mark.parametrize("n", [1, 4, 16, 64, 1024])
+@pytest.mark.parametrize("stage", STAGES)
+def test_mixed_and_full_precision_follow_the_paper_equations(stage: int, n: int) -> None:
+    assert training_bytes(PSI, stage, n) == pytest.approx(paper_formula(PSI, stage, n), rel=1e-12)
+    assert training_bytes(PSI, stage, n, mixed_precision=False) == pytest.approx(
+        paper_formula(PSI, stage, n, weights=4, gradients=4, k=8), rel=1e-12)
+
+
+def test_optimizer_state_bytes_is_the_papers_k() -> None:
+    """K = 8 (e.g. a 16-bit-state optimizer) at stage 1, N = 64: 4 Psi + 8 Psi / 64."""
+    assert training_bytes(PSI, 1, 64, optimizer_state_bytes=8) == pytest.approx(4 * PSI + 8 * PSI / 64, rel=1e-12)
+
+
+# -- (b) limits and monotonicity ---------------------------------------------------------------
+
+@pytest.mark.parametrize("psi", [1, 637_169, SD15_UNET, PSI])
+@pytest.mark.parametrize("mixed_precision", [True, False])
+def test_stage_three_is_ddp_divided_by_n_exactly(psi: float, mixed_precision: bool) -> None:
+    for n in (1, 2, 3, 7, 8, 64, 1000):
+        assert training_bytes(psi, 3, n, mixed_precision) == training_bytes(psi, 0, n, mixed_precision) / n
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_memory_never_grows_with_more_processes(stage: int) -> None:
+    per_n = [training_bytes(SD15_UNET, stage, n) for n in range(1, 257)]
+    assert all(b <= a for a, b in zip(per_n, per_n[1:]))
+    if stage == 0:
+        assert len(set(per_n)) == 1  # DDP replicates everything
+    else:
+        assert per_n[-1] < per_n[0]
+
+
+def test_each_stage_saves_more_than_the_last_on_several_processes() -> None:
+    for n in (2, 8, 64):
+        per_stage = [training_bytes(SD15_UNET, stage, n) for stage in STAGES]
+        assert all(b < a for a, b in zip(per_stage, per_stage[1:]))
+
+
+@pytest.mark.parametrize("n", [1, 8, 64])
+def test_frozen_teacher_has_weights_only(n: int) -> None:
+    """No gradients and no optimizer states: 2 bytes (16 bit) or 4 (fp32) per parameter, split at stage 3 only."""
+    for stage in (0, 1, 2):
+        assert frozen_bytes(SD15_UNET, stage, n) == 2 * SD15_UNET
+        assert network_bytes(NetworkSpec(SD15_UNET, trainable=False), stage, n) == 2 * SD15_UNET
+        assert network_bytes(NetworkSpec(SD15_UNET, trainable=False), stage, n, mixed_precision=False) == 4 * SD15_UNET
+    assert frozen_bytes(SD15_UNET, 3, n) == pytest.approx(2 * SD15_UNET / n, rel=1e-15)
+    trained_ddp = network_bytes(NetworkSpec(SD15_UNET, trainable=True), 0, n)
+    assert trained_ddp - network_bytes(NetworkSpec(SD15_UNET, trainable=False), 0, n) == (2 + 12) * SD15_UNET
+
+
+@pytest.mark.parametrize("n", [1, 8, 64])
+def test_ema_adds_one_fp32_copy_split_at_stage_three_only(n: int) -> None:
+    psi = 1_000_003
+    for stage in STAGES:
+        with_ema = network_bytes(NetworkSpec(psi, trainable=True, ema=True), stage, n)
+        without = network_bytes(NetworkSpec(psi, trainable=True), stage, n)
+        assert with_ema - without == pytest.approx(4 * psi / (n if stage == 3 else 1), rel=1e-9)
+        assert ema_bytes(psi, stage, n) == pytest.approx(4 * psi / (n if stage == 3 else 1), rel=1e-15)
+
+
+def test_dmd_at_sd_class_size_by_hand() -> None:
+    """Teacher 2 Psi + student (16 + 4) Psi + critic 16 Psi = 38 Psi under DDP; every term / N at stage 3."""
+    memory = trainer_memory(SD_CLASS_TRAINERS["dmd"], 0, 8)
+    assert memory == {"teacher": 2 * SD15_UNET, "student_0": 20 * SD15_UNET, "critic_0": 16 * SD15_UNET,
+                      "total": 38 * SD15_UNET}
+    assert trainer_memory(SD_CLASS_TRAINERS["dmd"], 3, 8)["total"] == pytest.approx(38 * SD15_UNET / 8, rel=1e-12)
+
+
+def test_msd_holds_a_student_and_a_critic_per_student() -> None:
+    networks = SHIPPED_TRAINERS["msd"]
+    assert sorted(networks) == ["critic_0", "critic_1", "student_0", "student_1", "teacher"]
+    assert [name for name, spec in networks.items() if spec.ema] == ["student_0", "student_1"]
+    assert not networks["teacher"].trainable and networks["critic_0"].num_params == networks["teacher"].num_params
+
+
+def test_trainer_total_is_the_sum_of_its_networks() -> None:
+    for trainers in (SHIPPED_TRAINERS, SD_CLASS_TRAINERS):
+        for networks in trainers.values():
+            for stage in STAGES:
+                memory = trainer_memory(networks, stage, 8)
+                assert memory.pop("total") == pytest.approx(sum(memory.values()), rel=1e-12)
+                assert set(memory) == set(networks)
+
+
+def test_bad_arguments_are_refused() -> None:
+    with pytest.raises(ValueError, match="ZeRO stage must be one of"):
+        training_bytes(10, 4, 8)
+    with pytest.raises(ValueError, match="num_processes must be >= 1"):
+        frozen_bytes(10, 0, 0)
+    with pytest.raises(ValueError, match="a frozen network has no EMA"):
+        NetworkSpec(10, trainable=False, ema=True)
+
+
+def test_shipped_sizes_match_the_assets() -> None:
+    """The recorded parameter counts equal the shapes in the shipped safetensors files."""
+    def count(folder: str) -> int:
+        path = next((ROOT / "assets" / folder).glob("*.safetensors"))
+        with safe_open(str(path), "np") as f:
+            return sum(math.prod(f.get_slice(key).get_shape()) for key in f.keys())
+
+    assert scaling.MNIST_FLOW_UNET == count("teachers/mnist_flow/unet")
+    assert 2 * scaling.MNIST_FLOW_UNET == count("students/mnist_flow_msd/unet")  # two teacher-sized students
+    assert scaling.MNIST_SLIMFLOW_UNET == count("students/mnist_flow_slimflow/unet")
+    assert scaling.MUSIC_TRANSFORMER == count("music/generator/transformer")
+    assert scaling.MUSIC_CONDITION_ENCODER == count("music/generator/condition_encoder")
+    assert scaling.MUSIC_VAE == count("music/generator/vae")
+    assert scaling.MUSIC_TEXT_ENCODER == count("music/generator/text_encoder")
+    width = json.loads((ROOT / "assets/music/generator/transformer/config.json").read_text())["hidden_size"]
+    features = json.loads((ROOT / "assets/music_features/config.json").read_text())["widths"][-1]
+    assert scaling.MUSIC_REPA_PROJECTOR == (width * 2 * width + 2 * width) + (2 * width * features + features)
+
+
+# -- (c) the accelerate config files -----------------------------------------------------------
+
+EXPECTED = {
+    "ddp": {"distributed_type": DistributedType.MULTI_GPU, "num_machines": 1, "num_processes": 8},
+    "fsdp": {"distributed_type": DistributedType.FSDP, "num_machines": 1, "num_processes": 8},
+    "deepspeed_zero2": {"distributed_type": DistributedType.DEEPSPEED, "num_machines": 1, "num_processes": 8},
+    "deepspeed_zero3": {"distributed_type": DistributedType.DEEPSPEED, "num_machines": 1, "num_processes": 8},
+    "multinode": {"distributed_type": DistributedType.MULTI_GPU, "num_machines": 2, "num_processes": 16},
+}
+
+
+def config_path(name: str) -> Path:
+    return ACCELERATE_CONFIGS / f"{name}.yaml"
+
+
+def test_exactly_the_expected_config_files_ship() -> None:
+    assert sorted(p.stem for p in ACCELERATE_CONFIGS.glob("*.yaml")) == sorted(EXPECTED)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_config_loads_with_accelerates_loader(name: str) -> None:
+    config = load_config_from_file(str(config_path(name)))
+    assert isinstance(config, ClusterConfig)
+    for key, value in EXPECTED[name].items():
+        assert getattr(config, key) == value, key
+    assert config.mixed_precision == "no"  # fewstep's own `mixed_precision` decides (see the files' comments)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_config_starts_with_its_launch_command(name: str) -> None:
+    text = config_path(name).read_text()
+    assert text.startswith("#")
+    assert f"accelerate launch --config_file assets/accelerate/{name}.yaml" in text
+    assert "-m fewstep train CONFIG" in text and "data.batch_size" in text
+
+
+def test_sharding_settings() -> None:
+    fsdp = load_config_from_file(str(config_path("fsdp"))).fsdp_config
+    assert fsdp["fsdp_version"] == 1 and fsdp["fsdp_reshard_after_forward"] == "FULL_SHARD"
+    assert fsdp["fsdp_state_dict_type"] == "SHARDED_STATE_DICT" and fsdp["fsdp_auto_wrap_policy"] == "SIZE_BASED_WRAP"
+    zero2 = load_config_from_file(str(config_path("deepspeed_zero2"))).deepspeed_config
+    zero3 = load_config_from_file(str(config_path("deepspeed_zero3"))).deepspeed_config
+    assert zero2["zero_stage"] == 2 and zero3["zero_stage"] == 3 and zero3["zero3_save_16bit_model"] is True
+    multinode = load_config_from_file(str(config_path("multinode")))
+    assert multinode.machine_rank == 0 and multinode.main_process_ip is None  # both given on the command line
+
+
+def launch_args(name: str, *extra: str):
+    """`accelerate launch` arguments for config `name` after the launcher merged the file into them."""
+    parsed = launch_command_parser().parse_args(["--config_file", str(config_path(name)), *extra, "-m", "fewstep", "train", "C"])
+    return _validate_launch_command(parsed)[0]
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_every_nested_key_is_a_launch_option(name: str) -> None:
+    """The launcher copies deepspeed_config / fsdp_config entries onto its arguments without checking them: a
+    misspelt key would be ignored silently, so each must name an `accelerate launch` option."""
+    options = set(vars(launch_command_parser().parse_args(["script.py"])))
+    config = load_config_from_file(str(config_path(name)))
+    nested = list(config.deepspeed_config) + list(config.fsdp_config)
+    assert all(key in options for key in nested), sorted(set(nested) - options)
+
+
+def test_launcher_reads_the_files() -> None:
+    zero3 = launch_args("deepspeed_zero3")
+    assert zero3.use_deepspeed and zero3.zero_stage == 3 and zero3.zero3_save_16bit_model is True
+    fsdp = launch_args("fsdp")
+    assert fsdp.use_fsdp and fsdp.fsdp_reshard_after_forward == "FULL_SHARD"
+    assert fsdp.fsdp_state_dict_type == "SHARDED_STATE_DICT" and fsdp.fsdp_min_num_params == 10_000_000
+    node = launch_args("multinode", "--machine_rank", "1", "--main_process_ip", "10.0.0.1")
+    assert node.multi_gpu and (node.num_machines, node.num_processes, node.machine_rank) == (2, 16, 1)
+    assert (node.main_process_ip, node.main_process_port) == ("10.0.0.1", 29500)
+
+
+def test_fewsteps_mixed_precision_overrides_the_launchers() -> None:
+    """The files leave precision to fewstep: an explicit `Accelerator(mixed_precision=...)` beats the launcher's env."""
+    code = "from accelerate import Accelerator; print(Accelerator(cpu=True, mixed_precision='no').mixed_precision)"
+    env = {**os.environ, "ACCELERATE_MIXED_PRECISION": "bf16", "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "no"
+
+
+# -- (d) what accelerate refuses ---------------------------------------------------------------
+
+def write_variant(tmp_path: Path, **changes) -> Path:
+    """A copy of ddp.yaml with `changes` applied."""
+    data = yaml.safe_load(config_path("ddp").read_text()) | changes
+    path = tmp_path / "variant.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_unknown_distributed_type_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="MULTI_GPUS"):
+        load_config_from_file(str(write_variant(tmp_path, distributed_type="MULTI_GPUS")))
+
+
+def test_unknown_top_level_key_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="num_gpus"):
+        load_config_from_file(str(write_variant(tmp_path, num_gpus=8)))
