@@ -272,6 +272,8 @@ def run_turbo(args) -> None:
     row(teacher, f"Euler 60, APG w={args.guidance_scale:g}", args.teacher, 120, guidance_scale=args.guidance_scale)
     row(teacher, "Euler 60, unguided", args.teacher, 60)
     row(teacher, "DPM-Solver++(2M) 8", args.teacher, 8, solver="dpmpp_2m")
+    row(teacher, "UniPC 4", args.teacher, 4, solver="unipc_bh2")
+    row(teacher, "Euler 1", args.teacher, 1)
     if args.spec:
         row(teacher, f"learned spec {Path(args.spec).name}", args.teacher, 0, spec=args.spec)
     for index, folder in enumerate(args.students):
