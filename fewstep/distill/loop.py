@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .config import MODEL_TYPES, DataConfig, ModelConfig, TrainConfig, save_config
 from .objectives import Objective, Teacher, build_objective
-from .processes import distributed_without_gpu
+from .processes import check_engine_installed, check_engine_serves, distributed_without_gpu, launch_engine
 
 CHECKPOINT_PREFIX = "step_"
 STATE_FILE = "trainer_state.json"
@@ -449,6 +449,8 @@ class Trainer:
         self.config, self.eval_fn = config, eval_fn
         self.run_dir = Path(config.run_dir)
         check_run_dir(self.run_dir)  # before any model is built or trained
+        engine = launch_engine()
+        check_engine_installed(engine)
         self.accelerator = Accelerator(
             cpu=distributed_without_gpu(),
             mixed_precision=config.mixed_precision,
@@ -459,6 +461,8 @@ class Trainer:
         self.teacher = load_model_teacher(config.model)
         model = build_model(config.model, self.teacher)
         self.objective: Objective = build_objective(config.objective.name, config.objective.options, model, self.teacher)
+        check_engine_serves(engine, config.objective.name, [name for name, net in self.objective.networks.items()
+                                                            if any(p.requires_grad for p in net.parameters())])
         if self.teacher is not None:  # on the device before objectives make data with it (teacher pairs)
             self.teacher.network.to(self.accelerator.device)
         make_dataset = getattr(self.objective, "make_dataset", None)  # objectives that make (or add to) their data

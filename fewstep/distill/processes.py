@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from typing import Any
 
@@ -22,3 +23,33 @@ def process_state() -> Any:
     from accelerate import PartialState
 
     return PartialState(cpu=distributed_without_gpu())
+
+
+#: engines `accelerate launch` selects through its config file (assets/accelerate/*.yaml).
+ENGINES = ("ddp", "fsdp", "deepspeed")
+
+
+def launch_engine() -> str:
+    """The engine `accelerate launch` chose for this process: "deepspeed", "fsdp", or "ddp" (also plain / one-process runs)."""
+    for engine, variable in (("deepspeed", "ACCELERATE_USE_DEEPSPEED"), ("fsdp", "ACCELERATE_USE_FSDP")):
+        if os.environ.get(variable, "false").lower() == "true":
+            return engine
+    return "ddp"
+
+
+def check_engine_installed(engine: str) -> None:
+    """Refuse a DeepSpeed launch when deepspeed is not installed, naming the fix and the alternatives."""
+    if engine == "deepspeed" and importlib.util.find_spec("deepspeed") is None:
+        raise ValueError("this run was launched for DeepSpeed (an accelerate config with distributed_type: DEEPSPEED, e.g. "
+                         "assets/accelerate/deepspeed_zero2.yaml) but the deepspeed package is not installed: "
+                         "`pip install deepspeed` (it needs a CUDA toolchain), or launch with "
+                         "assets/accelerate/fsdp.yaml (the same sharding in PyTorch) or assets/accelerate/ddp.yaml")
+
+
+def check_engine_serves(engine: str, objective: str, trained_networks: list[str]) -> None:
+    """Refuse an engine that cannot train this objective's networks, naming the alternative (docs/scaling.md)."""
+    if engine == "deepspeed" and len(trained_networks) > 1:
+        raise ValueError(f"objective.name={objective} trains {len(trained_networks)} networks "
+                         f"({', '.join(trained_networks)}), but accelerate's DeepSpeed integration prepares one model per "
+                         "Accelerator; launch this objective with assets/accelerate/fsdp.yaml (full shard, the PyTorch "
+                         "analogue of ZeRO-3) or assets/accelerate/ddp.yaml (docs/scaling.md)")

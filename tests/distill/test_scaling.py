@@ -261,3 +261,44 @@ def test_unknown_distributed_type_is_refused(tmp_path: Path) -> None:
 def test_unknown_top_level_key_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="num_gpus"):
         load_config_from_file(str(write_variant(tmp_path, num_gpus=8)))
+
+
+# -- engines the loop refuses, before anything is written ---------------------------------------
+
+
+def test_launch_engine_follows_accelerate_launchs_environment(monkeypatch) -> None:
+    from fewstep.distill.processes import launch_engine
+
+    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED", raising=False)
+    monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
+    assert launch_engine() == "ddp"
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    assert launch_engine() == "fsdp"
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "True")
+    assert launch_engine() == "deepspeed"
+
+
+def test_a_deepspeed_launch_without_deepspeed_is_refused_before_writing(tmp_path, monkeypatch) -> None:
+    import importlib.util
+
+    from distill_helpers import tiny_config
+
+    from fewstep.distill.loop import Trainer
+
+    if importlib.util.find_spec("deepspeed") is not None:
+        pytest.skip("deepspeed is installed here: the refusal is for machines without it")
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    run = tmp_path / "run"
+    with pytest.raises(ValueError, match="deepspeed package is not installed.*pip install deepspeed.*fsdp.yaml"):
+        Trainer(tiny_config(run))
+    assert not run.exists()
+
+
+def test_deepspeed_is_refused_for_objectives_with_several_trained_networks() -> None:
+    from fewstep.distill.processes import check_engine_serves
+
+    with pytest.raises(ValueError, match="msd trains 2 networks \\(student_0, critic_0\\).*fsdp.yaml"):
+        check_engine_serves("deepspeed", "msd", ["student_0", "critic_0"])
+    check_engine_serves("deepspeed", "flow_matching", ["model"])  # one network: accelerate's DeepSpeed can take it
+    check_engine_serves("fsdp", "msd", ["student_0", "critic_0"])
+    check_engine_serves("ddp", "msd", ["student_0", "critic_0"])
