@@ -2,6 +2,7 @@
 
     python scripts/bench_scaling.py memory            # mixed-precision Adam (the paper's accounting)
     python scripts/bench_scaling.py memory --fp32     # fp32 Adam: 4 + 4 + 8 bytes per trained parameter
+    python scripts/bench_scaling.py throughput assets/configs/mnist_flow.yaml --batch 64   # 1 vs 2 processes (gloo)
 
 Pure arithmetic (`fewstep.distill.scaling`): model states only (weights, gradients, Adam states,
 EMA copies, frozen teachers); nothing is trained or loaded.
@@ -10,6 +11,11 @@ EMA copies, frozen teachers); nothing is trained or loaded.
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
 
 from fewstep.distill.scaling import (
     SD_CLASS_TRAINERS, SHIPPED_TRAINERS, STAGES, NetworkSpec, trainer_memory, training_bytes,
@@ -79,14 +85,53 @@ def memory_report(mixed_precision: bool) -> str:
     ])
 
 
+def timed_train(config: str, processes: int, threads: int, steps: int, batch_per_process: int) -> float:
+    """Wall-clock seconds of `fewstep train CONFIG` for `steps` steps, on one process or `accelerate launch --multi_gpu`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        overrides = [f"run_dir={tmp}/run", f"max_steps={steps}", f"data.batch_size={batch_per_process}", "log_with=none",
+                     "checkpoint_every=0", "sample_every=0"]
+        launch = [] if processes == 1 else ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+                                            str(processes), "--num_machines", "1", "--mixed_precision", "no",
+                                            "--dynamo_backend", "no"]
+        command = [sys.executable, *launch, "-m", "fewstep", "train", config, *overrides]
+        start = time.perf_counter()
+        subprocess.run(command, check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+        return time.perf_counter() - start
+
+
+def throughput_report(config: str, batch: int, short: int, long: int, cores: int) -> str:
+    """Markdown: training steps/s at global batch `batch` on 1 and 2 processes (start-up cancelled: long - short steps)."""
+    lines = [f"`{config}`, global batch {batch}, steps/s from the difference of a {long}- and a {short}-step run "
+             "(start-up, data loading and export cancel out):", "",
+             "| processes x torch threads | batch per process | steps/s | samples/s | vs 1 process, all cores |",
+             "|---|---|---|---|---|"]
+    base = None
+    for processes, threads in ((1, cores), (1, 1), (2, max(1, cores // 2))):
+        per_process = batch // processes
+        seconds = timed_train(config, processes, threads, long, per_process) - timed_train(config, processes, threads,
+                                                                                            short, per_process)
+        rate = (long - short) / seconds
+        base = rate if base is None else base
+        lines.append(f"| {processes} x {threads} | {per_process} | {rate:.2f} | {rate * batch:.0f} | {rate / base:.2f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", required=True)
     p = sub.add_parser("memory", help="per-GPU memory tables (Markdown) of every trainer, DDP and ZeRO-1/2/3")
     p.add_argument("--fp32", action="store_true", help="full-precision Adam instead of mixed precision")
+    p = sub.add_parser("throughput", help="training steps/s on 1 vs 2 processes (accelerate launch, gloo on CPU)")
+    p.add_argument("config")
+    p.add_argument("--batch", type=int, default=64, help="global batch (split over the processes)")
+    p.add_argument("--short", type=int, default=10)
+    p.add_argument("--long", type=int, default=40)
+    p.add_argument("--cores", type=int, default=os.cpu_count() or 2)
     args = parser.parse_args()
     if args.what == "memory":
         print(memory_report(mixed_precision=not args.fp32))
+    else:
+        print(throughput_report(args.config, args.batch, args.short, args.long, args.cores))
 
 
 if __name__ == "__main__":
