@@ -32,7 +32,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .config import MODEL_TYPES, DataConfig, ModelConfig, TrainConfig, save_config
 from .objectives import Objective, Teacher, build_objective
-from .processes import check_engine_installed, check_engine_serves, distributed_without_gpu, launch_engine
+from .processes import (
+    check_engine_device, check_engine_installed, check_engine_serves, distributed_without_gpu, launch_engine,
+)
 
 CHECKPOINT_PREFIX = "step_"
 STATE_FILE = "trainer_state.json"
@@ -451,6 +453,7 @@ class Trainer:
         check_run_dir(self.run_dir)  # before any model is built or trained
         engine = launch_engine()
         check_engine_installed(engine)
+        check_engine_device(engine)
         self.accelerator = Accelerator(
             cpu=distributed_without_gpu(),
             mixed_precision=config.mixed_precision,

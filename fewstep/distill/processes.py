@@ -46,6 +46,21 @@ def check_engine_installed(engine: str) -> None:
                          "assets/accelerate/fsdp.yaml (the same sharding in PyTorch) or assets/accelerate/ddp.yaml")
 
 
+def has_accelerator_device() -> bool:
+    """True if torch sees a GPU-class device (CUDA, or XPU where torch has it) that FSDP / DeepSpeed can shard onto."""
+    xpu = getattr(torch, "xpu", None)
+    return torch.cuda.is_available() or bool(xpu is not None and xpu.is_available())
+
+
+def check_engine_device(engine: str) -> None:
+    """Refuse FSDP / DeepSpeed without a GPU: accelerate's plugins need one (measured: FSDP stops at start-up on a CPU)."""
+    if engine in ("fsdp", "deepspeed") and not has_accelerator_device():
+        raise ValueError(f"this run was launched for {'FSDP' if engine == 'fsdp' else 'DeepSpeed'}, which accelerate runs "
+                         "on GPUs (or XPU / NPU / MLU / HPU) only, and this machine has none; on a CPU launch with "
+                         "assets/accelerate/ddp.yaml --num_processes N (gloo) or `accelerate launch --multi_gpu "
+                         "--num_processes N` (docs/scaling.md)")
+
+
 def check_engine_serves(engine: str, objective: str, trained_networks: list[str]) -> None:
     """Refuse an engine that cannot train this objective's networks, naming the alternative (docs/scaling.md)."""
     if engine == "deepspeed" and len(trained_networks) > 1:

@@ -302,3 +302,20 @@ def test_deepspeed_is_refused_for_objectives_with_several_trained_networks() -> 
     check_engine_serves("deepspeed", "flow_matching", ["model"])  # one network: accelerate's DeepSpeed can take it
     check_engine_serves("fsdp", "msd", ["student_0", "critic_0"])
     check_engine_serves("ddp", "msd", ["student_0", "critic_0"])
+
+
+def test_fsdp_without_a_gpu_is_refused_before_writing(tmp_path, monkeypatch) -> None:
+    """accelerate's FSDP plugin stops at start-up without a GPU-class device; fewstep says so and names the CPU route."""
+    from distill_helpers import tiny_config
+
+    from fewstep.distill.loop import Trainer
+    from fewstep.distill.processes import has_accelerator_device
+
+    if has_accelerator_device():
+        pytest.skip("this machine has a GPU: FSDP can run here")
+    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED", raising=False)
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    run = tmp_path / "run"
+    with pytest.raises(ValueError, match="launched for FSDP.*GPUs.*ddp.yaml"):
+        Trainer(tiny_config(run))
+    assert not run.exists()
