@@ -43,6 +43,7 @@ def register(subparsers) -> argparse.ArgumentParser:
 def run(args) -> int:
     import torch
 
+    from fewstep.distill.processes import process_state, shard_map
     from fewstep.io import check_spec_output
     from fewstep.pipelines.loading import load_teacher
     from fewstep.samplers.learned import fit_sampler, teacher_outputs
@@ -50,13 +51,25 @@ def run(args) -> int:
     if args.steps < 1 or args.teacher_steps <= args.steps:
         raise ValueError(f"need 1 <= --steps < --teacher-steps (got {args.steps} and {args.teacher_steps})")
     check_spec_output(args.out, args.overwrite)
-    teacher = load_teacher(args.pipeline, args.device)
+    state = process_state()
+    device = state.device if state.num_processes > 1 else torch.device(args.device)  # under a launch: this process's
+    teacher = load_teacher(args.pipeline, device)
     g = torch.Generator().manual_seed(args.seed)
     total = args.noises + args.heldout
-    noise = torch.randn((total, *teacher.sample_shape), generator=g).to(args.device)
-    cond = teacher.class_labels(total, args.device)
+    noise = torch.randn((total, *teacher.sample_shape), generator=g).to(device)
+    cond = teacher.class_labels(total, device)
     denoiser = teacher.guided(args.guidance_scale)
-    targets = teacher_outputs(denoiser, noise, args.teacher_steps, batch_size=args.batch_size * 4, **cond)
+    chunk = args.batch_size * 4
+
+    def targets_of(i: int) -> torch.Tensor:
+        rows = slice(i * chunk, (i + 1) * chunk)
+        return teacher_outputs(denoiser, noise[rows], args.teacher_steps, batch_size=chunk,
+                               **{k: v[rows] for k, v in cond.items()}).cpu()
+
+    # the teacher's many-step samples, chunks split over the processes of `accelerate launch`; the fit runs on the main one
+    targets = torch.cat(shard_map(targets_of, -(-total // chunk), desc="teacher samples")).to(device)
+    if not state.is_main_process:
+        return 0
     train, held = slice(0, args.noises), slice(args.noises, total)
     spec, history = fit_sampler(
         denoiser, args.steps, noise[train], targets[train], solver=args.solver, learn=args.learn,

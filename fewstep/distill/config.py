@@ -59,13 +59,19 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    """`fewstep.data.get_dataset(name, split=split, path=path, **options)`; batch_size is per process."""
+    """`fewstep.data.get_dataset(name, split=split, path=path, **options)`; batch_size is per process.
+
+    `global_batch_size` (optional) fixes the batch of one optimizer step instead: each process
+    then takes global_batch_size / (processes x optim.gradient_accumulation_steps), which must
+    divide exactly (docs/scaling.md).
+    """
 
     name: str = "8gaussians"
     split: str = "train"
     path: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
     batch_size: int = 256
+    global_batch_size: int | None = None
     num_workers: int = 0
 
 
@@ -176,6 +182,8 @@ class TrainConfig:
             "optim.gradient_accumulation_steps": self.optim.gradient_accumulation_steps,
             "model.num_classes": self.model.num_classes,
         }
+        if self.data.global_batch_size is not None:
+            positive["data.global_batch_size"] = self.data.global_batch_size
         for key, value in positive.items():
             if not value > 0:
                 raise ValueError(f"{key} must be > 0, got {value}")

@@ -121,6 +121,13 @@ def gan_generator_loss(fake_logits: Tensor) -> Tensor:
     return F.softplus(-fake_logits.float()).mean()
 
 
-def gan_discriminator_loss(fake_logits: Tensor, real_logits: Tensor) -> Tensor:
-    """Discriminator loss softplus(D(fake)) + softplus(-D(real))."""
-    return F.softplus(fake_logits.float()).mean() + F.softplus(-real_logits.float()).mean()
+def gan_discriminator_loss(fake_logits: Tensor, real_logits: Tensor, real_count: float | None = None) -> Tensor:
+    """Discriminator loss softplus(D(fake)) + softplus(-D(real)), each averaged over its rows.
+
+    `real_count` divides the real term's sum instead of its number of rows: the expected count
+    when the real rows are a random subset of a batch (a class group's items), which keeps the
+    loss a mean over the batch's rows (equal however a batch is split over processes; zero for
+    an empty subset).
+    """
+    real = F.softplus(-real_logits.float())
+    return F.softplus(fake_logits.float()).mean() + (real.mean() if real_count is None else real.sum() / real_count)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import hashlib
 import json
 import math
@@ -30,10 +31,12 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ..batch_noise import ShardedGenerator
 from .config import MODEL_TYPES, DataConfig, ModelConfig, TrainConfig, save_config
 from .objectives import Objective, Teacher, build_objective
 from .processes import (
-    check_engine_device, check_engine_installed, check_engine_serves, distributed_without_gpu, launch_engine,
+    check_checkpoint_engine, check_engine_device, check_engine_installed, check_engine_serves, checkpoint_engine,
+    distributed_without_gpu, fill_deepspeed_batch, launch_engine, per_process_batch, sharded_state_names,
 )
 
 CHECKPOINT_PREFIX = "step_"
@@ -179,10 +182,18 @@ class StepBatchSampler(Sampler[list[int]]):
             m += 1
 
 
-def step_generator(seed: int, step: int, micro: int, phase: str, rank: int, device: torch.device) -> torch.Generator:
-    """A generator seeded from (seed, step, micro-batch, phase, process): training noise without saved RNG state."""
-    key = hashlib.sha256(f"{seed}/{step}/{micro}/{phase}/{rank}".encode()).digest()
-    return torch.Generator(device=device).manual_seed(int.from_bytes(key[:8], "little") & (2**63 - 1))
+def step_generator(seed: int, step: int, micro: int, phase: str, device: torch.device, rank: int = 0,
+                   world: int = 1) -> ShardedGenerator:
+    """The training noise of one micro-batch, seeded from (seed, step, micro-batch, phase): no saved RNG state needed.
+
+    Seeded alike on every process; per-sample draws through `fewstep.batch_noise` give process
+    `rank` its rows of the global batch's noise, so the noise does not depend on how many
+    processes share the batch.
+    """
+    key = hashlib.sha256(f"{seed}/{step}/{micro}/{phase}".encode()).digest()
+    generator = ShardedGenerator(device, rank, world)
+    generator.manual_seed(int.from_bytes(key[:8], "little") & (2**63 - 1))
+    return generator
 
 
 def _to_device(batch: Any, device: torch.device) -> Any:
@@ -262,6 +273,8 @@ def verify_checkpoint(path: Path, num_networks: int = 1, num_optimizers: int = 1
     CRC check, JSON parses) and the files `_restore` needs must be there: `trainer_state.json`,
     `model.safetensors` (`model_1.safetensors`, ... for more networks), `optimizer.bin`
     (`optimizer_1.bin`, ...) and `ema/<network>/` for every network the state lists under "ema".
+    A checkpoint written under FSDP / DeepSpeed needs its shard folders instead of the model and
+    optimizer files (`fewstep.distill.processes.sharded_state_names`).
     """
     path = Path(path)
     state_file = path / STATE_FILE
@@ -273,18 +286,25 @@ def verify_checkpoint(path: Path, num_networks: int = 1, num_optimizers: int = 1
             num_networks = len(state["networks"])
         if isinstance(state, dict) and isinstance(state.get("optimizers"), int):
             num_optimizers = state["optimizers"]
-    for i in range(num_networks):
-        suffix = f"_{i}" if i else ""
-        safetensors, legacy = path / f"model{suffix}.safetensors", path / f"pytorch_model{suffix}.bin"
-        required.append(legacy if legacy.is_file() and not safetensors.exists() else safetensors)
-    required += [path / (f"optimizer_{i}.bin" if i else "optimizer.bin") for i in range(num_optimizers)]
-    if state_file.is_file() and _checkpoint_problem(state_file) is None:
-        state = json.loads(state_file.read_text())
-        for name in (state.get("ema") or []) if isinstance(state, dict) else []:
-            required += [path / EMA_DIR / name / EMA_WEIGHTS, path / EMA_DIR / name / EMA_STATE]
+    state = json.loads(state_file.read_text()) if state_file.is_file() and _checkpoint_problem(state_file) is None else {}
+    state = state if isinstance(state, dict) else {}
+    engine = checkpoint_engine(path, state.get("engine"))
+    folders = [path / name for name in sharded_state_names(engine, num_networks, num_optimizers)] if engine != "ddp" else []
+    if engine == "ddp":
+        for i in range(num_networks):
+            suffix = f"_{i}" if i else ""
+            safetensors, legacy = path / f"model{suffix}.safetensors", path / f"pytorch_model{suffix}.bin"
+            required.append(legacy if legacy.is_file() and not safetensors.exists() else safetensors)
+        required += [path / (f"optimizer_{i}.bin" if i else "optimizer.bin") for i in range(num_optimizers)]
+    for name in state.get("ema") or []:
+        required += [path / EMA_DIR / name / EMA_WEIGHTS, path / EMA_DIR / name / EMA_STATE]
     for file in required:
         if not file.is_file():
             raise DamagedCheckpointError(f"checkpoint {path} is incomplete: {file.relative_to(path)} is missing")
+    for folder in folders:  # FSDP / DeepSpeed shards: one folder per network (and optimizer), written by every rank
+        if not folder.is_dir() or not any(folder.iterdir()):
+            raise DamagedCheckpointError(f"checkpoint {path} is incomplete: {folder.relative_to(path)}/ "
+                                         f"({engine.upper()} shards) is missing or empty")
     for file in sorted(f for f in path.rglob("*") if f.is_file()):
         problem = _checkpoint_problem(file)
         if problem is not None:
@@ -461,6 +481,13 @@ class Trainer:
             project_config=ProjectConfiguration(project_dir=str(self.run_dir), logging_dir=str(self.run_dir / "logs")),
         )
         set_seed(config.seed)
+        micro_batch = per_process_batch(config.data.batch_size, config.data.global_batch_size,
+                                        self.accelerator.num_processes, config.optim.gradient_accumulation_steps)
+        self.config = config = dataclasses.replace(config, data=dataclasses.replace(config.data, batch_size=micro_batch))
+        if engine == "deepspeed":
+            fill_deepspeed_batch(self.accelerator.state.deepspeed_plugin.deepspeed_config, micro_batch,
+                                 config.optim.gradient_accumulation_steps)
+        self.engine = engine
         self.teacher = load_model_teacher(config.model)
         model = build_model(config.model, self.teacher)
         self.objective: Objective = build_objective(config.objective.name, config.objective.options, model, self.teacher)
@@ -473,6 +500,9 @@ class Trainer:
         self.objective.check_data(self.dataset, config.model.num_classes)
         self.phase_names = list(dict.fromkeys(self.objective.phases))  # one optimizer per distinct phase
         self.resume_from = resolve_resume(self.run_dir, resume, len(self.objective.networks), len(self.phase_names))
+        if self.resume_from is not None:
+            recorded = json.loads((self.resume_from / STATE_FILE).read_text()).get("engine")
+            check_checkpoint_engine(self.resume_from, checkpoint_engine(self.resume_from, recorded), engine)
         self.resume_state = (read_checkpoint_state(self.resume_from, self.objective.networks, self.objective.signature())
                              if self.resume_from else None)
         self._build_optimization()
@@ -558,7 +588,7 @@ class Trainer:
                 save_ema(ema, networks[name], tmp / EMA_DIR / name)
             state = {"step": step, "objective": self.config.objective.name, "ema": list(self.emas),
                      "networks": _network_signature(networks), "objective_signature": self.objective.signature(),
-                     "optimizers": len(self.optimizers)}
+                     "optimizers": len(self.optimizers), "engine": self.engine, "processes": acc.num_processes}
             (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
             _atomic_replace_dir(tmp, final)
             self._prune_checkpoints()
@@ -652,7 +682,7 @@ class Trainer:
         for micro in range(accum):
             batch = _to_device(next(batches), acc.device)
             key = phase if repeat == 0 else f"{phase}#{repeat}"
-            generator = step_generator(cfg.seed, step, micro, key, acc.process_index, acc.device)
+            generator = step_generator(cfg.seed, step, micro, key, acc.device, acc.process_index, acc.num_processes)
             with contextlib.ExitStack() as stack:
                 if micro < accum - 1:  # no gradient all-reduce until the last micro-batch
                     for net in self.objective.networks.values():

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
 
@@ -23,6 +24,28 @@ def process_state() -> Any:
     from accelerate import PartialState
 
     return PartialState(cpu=distributed_without_gpu())
+
+
+T = TypeVar("T")
+
+
+def shard_map(make: Callable[[int], T], count: int, desc: str | None = None) -> list[T]:
+    """[make(0), ..., make(count - 1)] on every process, each item made by one process (i mod P) and shared.
+
+    Teacher-side work (ODE pairs, trajectories) split across the processes of a launch; the
+    result equals a one-process run as long as `make(i)` depends only on i (seed by i). `make`
+    should return CPU tensors: the items travel between processes by `gather_object`.
+    """
+    from tqdm.auto import tqdm
+
+    state = process_state()
+    mine = range(state.process_index, count, state.num_processes)
+    made = {i: make(i) for i in tqdm(mine, desc=desc, leave=False, disable=desc is None or not state.is_main_process)}
+    if state.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        made = {i: item for part in gather_object([made]) for i, item in part.items()}
+    return [made[i] for i in range(count)]
 
 
 #: engines `accelerate launch` selects through its config file (assets/accelerate/*.yaml).
@@ -68,3 +91,84 @@ def check_engine_serves(engine: str, objective: str, trained_networks: list[str]
                          f"({', '.join(trained_networks)}), but accelerate's DeepSpeed integration prepares one model per "
                          "Accelerator; launch this objective with assets/accelerate/fsdp.yaml (full shard, the PyTorch "
                          "analogue of ZeRO-3) or assets/accelerate/ddp.yaml (docs/scaling.md)")
+
+
+def per_process_batch(batch_size: int, global_batch_size: int | None, processes: int, accumulation: int) -> int:
+    """Items per process per micro-batch: `batch_size`, or `global_batch_size` split over processes x accumulation steps."""
+    if global_batch_size is None:
+        return batch_size
+    parts = processes * accumulation
+    if global_batch_size % parts:
+        lower, upper = global_batch_size // parts * parts, -(-global_batch_size // parts) * parts
+        choices = " or ".join(str(n) for n in (lower, upper) if n > 0)
+        raise ValueError(f"data.global_batch_size={global_batch_size} cannot be split over {processes} process(es) x "
+                         f"{accumulation} accumulation step(s) = {parts} equal micro-batches; use a multiple of {parts} "
+                         f"({choices}), change optim.gradient_accumulation_steps or --num_processes, or drop "
+                         "data.global_batch_size and set data.batch_size (per process)")
+    return global_batch_size // parts
+
+
+def fill_deepspeed_batch(ds_config: dict[str, Any], micro_batch: int, accumulation: int) -> dict[str, Any]:
+    """DeepSpeed's "auto" batch fields from fewstep's batch (accelerate fills them only from a prepared DataLoader).
+
+    train_micro_batch_size_per_gpu = the per-process micro-batch, gradient_accumulation_steps = 1
+    and train_batch_size = micro x world size (left "auto" when the world size is not known).
+    accelerate's DeepSpeed `backward` also steps the engine, so fewstep's own accumulation cannot
+    be used there: `accumulation` > 1 is refused. Set values are kept; one that disagrees raises.
+    """
+    import os
+
+    if accumulation != 1:
+        raise ValueError(f"optim.gradient_accumulation_steps={accumulation} is not supported under DeepSpeed (accelerate's "
+                         "DeepSpeed backward steps the engine every micro-batch); set it to 1 and raise data.batch_size, "
+                         "or launch with assets/accelerate/fsdp.yaml / ddp.yaml")
+    wanted = {"train_micro_batch_size_per_gpu": micro_batch, "gradient_accumulation_steps": 1}
+    world = int(os.environ.get("WORLD_SIZE", "0"))
+    if world:
+        wanted["train_batch_size"] = micro_batch * world
+    for key, value in wanted.items():
+        current = ds_config.get(key, "auto")
+        if current == "auto":
+            ds_config[key] = value
+        elif int(current) != value:
+            raise ValueError(f"the DeepSpeed config sets {key}={current} but this fewstep run uses {value} "
+                             "(data.batch_size / data.global_batch_size and the number of processes); "
+                             f"set {key}: auto in the DeepSpeed config and let fewstep fill it")
+    return ds_config
+
+
+def sharded_state_names(engine: str, num_networks: int, num_optimizers: int) -> list[str]:
+    """Folders `save_state` writes for the networks / optimizers under FSDP (sharded state dict) or DeepSpeed (accelerate 1.x)."""
+    if engine == "fsdp":
+        return [f"pytorch_model_fsdp_{i}" for i in range(num_networks)] + [f"optimizer_{i}" for i in range(num_optimizers)]
+    if engine == "deepspeed":  # one engine checkpoint per model, optimizer shards inside it
+        return ["pytorch_model" + (f"_{i}" if i else "") for i in range(num_networks)]
+    raise ValueError(f"{engine!r} writes plain files, not sharded folders")
+
+
+def checkpoint_engine(folder: Any, recorded: str | None = None) -> str:
+    """The engine a checkpoint folder was written under: its trainer_state.json's record, else told by its files."""
+    from pathlib import Path
+
+    if recorded in ENGINES:
+        return recorded
+    folder = Path(folder)
+    if (folder / "pytorch_model_fsdp_0").exists():
+        return "fsdp"
+    if (folder / "pytorch_model").is_dir():
+        return "deepspeed"
+    return "ddp"
+
+
+def check_checkpoint_engine(path: Any, written_under: str, running: str) -> None:
+    """Refuse to resume a checkpoint whose state files another engine wrote, naming how to resume it."""
+    if written_under == running or {written_under, running} <= {"ddp"}:
+        return
+    files = {"ddp": "model.safetensors / optimizer.bin", "fsdp": "sharded pytorch_model_fsdp_0/ / optimizer_0/",
+             "deepspeed": "DeepSpeed's pytorch_model/ with ZeRO shards"}
+    launch = {"ddp": "assets/accelerate/ddp.yaml (or a plain / --multi_gpu launch)", "fsdp": "assets/accelerate/fsdp.yaml",
+              "deepspeed": "assets/accelerate/deepspeed_zero2.yaml or deepspeed_zero3.yaml (the stage it was saved with)"}
+    raise ValueError(f"checkpoint {path} was written under {written_under.upper()} ({files[written_under]}) but this run "
+                     f"is launched for {running.upper()}, which cannot load it; resume with accelerate launch "
+                     f"--config_file {launch[written_under]}, or start a new run_dir. Exported weights "
+                     "(run_dir/pipeline) load under any engine through model.type=pretrained")

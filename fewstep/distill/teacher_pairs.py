@@ -36,7 +36,7 @@ from fewstep.io import write_atomic
 from fewstep.pipelines.loading import LoadedTeacher
 from fewstep.samplers import NoisePath, get_schedule, get_solver, sample, validate_grid
 
-from .processes import process_state
+from .processes import process_state, shard_map
 
 PAIRS_FORMAT = "fewstep-teacher-pairs/1"
 MANIFEST = "pairs.json"
@@ -261,6 +261,7 @@ def teacher_pair_dataset(teacher: LoadedTeacher, recipe: PairRecipe, num_pairs: 
         return TeacherPairDataset.load(folder, num_pairs)
     if num_pairs < 1:
         raise ValueError(f"the number of pairs must be >= 1, got {num_pairs}")
-    shards = [make_shard(teacher, recipe, i, num_pairs) for i in range(num_shards(num_pairs, recipe.shard_size))]
+    shards = shard_map(lambda i: make_shard(teacher, recipe, i, num_pairs), num_shards(num_pairs, recipe.shard_size),
+                       desc="teacher pairs" if progress else None)
     return TeacherPairDataset(torch.cat([s["states"] for s in shards]), torch.cat([s["labels"] for s in shards]),
                               pairs_manifest(teacher, recipe, num_pairs))

@@ -10,6 +10,7 @@ from typing import Any, Callable, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
+from .. import batch_noise
 from .parameterization import check_prediction_type, from_x0_eps, to_x0
 from .paths import NoisePath
 
@@ -204,6 +205,6 @@ def renoising_sample(denoiser: NetworkDenoiser, z: Tensor, times: Tensor, labels
         with torch.set_grad_enabled(torch.is_grad_enabled() and i == last):
             x0 = denoiser(x, times[i].expand(z.shape[0]), labels)
         if i < last:
-            eps = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
+            eps = batch_noise.randn(z.shape, generator, z.device, z.dtype)
             x = denoiser.noise(x0.detach(), eps, times[i + 1].expand(z.shape[0]))
     return x0

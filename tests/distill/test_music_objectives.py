@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from distill_helpers import launch_two_processes, single_thread
+from distill_helpers import single_thread
 from fewstep.distill.config import load_config
 from fewstep.distill.loop import Trainer, train
 from fewstep.distill.objectives.acestep import shifted_logit_normal
@@ -191,19 +191,6 @@ def test_sample_cli_writes_wavs_a_spectrogram_grid_and_refuses_unknown_tags(gene
         assert main([*argv, "--out", str(tmp_path / "bad")]) == 2
         assert message in capsys.readouterr().err
         assert not (tmp_path / "bad").exists()
-
-
-def test_two_processes_train_the_generator(tmp_path, autoencoder):
-    config = tmp_path / "music.yaml"
-    config.write_text("\n".join([
-        f"run_dir: {tmp_path / 'run'}", "max_steps: 3", "log_with: none", "checkpoint_every: 0", "sample_steps: 2",
-        "model: {type: acestep, latent_channels: 4, width: 32, num_layers: 2, num_heads: 2}",
-        "data: {name: music, batch_size: 2, options: {n_train: 16, n_test: 8, seconds: 1.536}}",
-        f"objective: {{name: acestep, text_dim: 16, autoencoder: {autoencoder}}}",
-    ]))
-    done = launch_two_processes(config, tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert (tmp_path / "run" / "pipeline" / "model_index.json").is_file()
 
 
 # -- bad input ---------------------------------------------------------------------------------

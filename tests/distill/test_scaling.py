@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from accelerate.commands.config.config_args import ClusterConfig, load_config_from_file
 from accelerate.commands.launch import _validate_launch_command, launch_command_parser
@@ -319,3 +320,152 @@ def test_fsdp_without_a_gpu_is_refused_before_writing(tmp_path, monkeypatch) -> 
     with pytest.raises(ValueError, match="launched for FSDP.*GPUs.*ddp.yaml"):
         Trainer(tiny_config(run))
     assert not run.exists()
+
+
+# -- batch split, DeepSpeed batch fields, checkpoints of other engines -------------------------
+
+
+@pytest.mark.parametrize(("global_batch", "processes", "accumulation", "expected"), [(None, 8, 2, 64), (512, 8, 1, 64),
+                                                                                      (512, 8, 2, 32), (6, 3, 2, 1)])
+def test_per_process_batch(global_batch, processes, accumulation, expected) -> None:
+    from fewstep.distill.processes import per_process_batch
+
+    assert per_process_batch(64, global_batch, processes, accumulation) == expected
+
+
+def test_an_impossible_batch_split_is_refused_naming_the_nearest_multiples() -> None:
+    from fewstep.distill.processes import per_process_batch
+
+    with pytest.raises(ValueError, match=r"global_batch_size=100 cannot be split over 3 process\(es\) x 2 .* 6 equal "
+                                         r"micro-batches; use a multiple of 6 \(96 or 102\)"):
+        per_process_batch(64, 100, 3, 2)
+    with pytest.raises(ValueError, match=r"multiple of 8 \(8\)"):
+        per_process_batch(64, 4, 8, 1)
+
+
+def test_global_batch_size_sets_the_per_process_batch_of_a_run(tmp_path) -> None:
+    from distill_helpers import tiny_config
+
+    from fewstep.distill.loop import Trainer
+
+    trainer = Trainer(tiny_config(tmp_path / "run", "data.global_batch_size=48", "optim.gradient_accumulation_steps=3"))
+    assert trainer.config.data.batch_size == 16  # one process x 3 micro-batches of 16
+    with pytest.raises(ValueError, match="global_batch_size=50 cannot be split"):
+        Trainer(tiny_config(tmp_path / "bad", "data.global_batch_size=50", "optim.gradient_accumulation_steps=3"))
+    assert not (tmp_path / "bad").exists()
+    with pytest.raises(ValueError, match="data.global_batch_size must be > 0"):
+        tiny_config(tmp_path / "zero", "data.global_batch_size=0")
+
+
+def test_deepspeed_auto_batch_fields_are_filled_from_fewsteps_batch(monkeypatch) -> None:
+    from fewstep.distill.processes import fill_deepspeed_batch
+
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    config = {"train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto", "zero_optimization": {"stage": 2}}
+    assert fill_deepspeed_batch(config, 16, 1) == {"train_micro_batch_size_per_gpu": 16, "gradient_accumulation_steps": 1,
+                                                  "train_batch_size": 128, "zero_optimization": {"stage": 2}}
+    with pytest.raises(ValueError, match="gradient_accumulation_steps=2 is not supported under DeepSpeed.*fsdp.yaml"):
+        fill_deepspeed_batch({}, 16, 2)
+    assert fill_deepspeed_batch({"train_micro_batch_size_per_gpu": 16}, 16, 1)["train_micro_batch_size_per_gpu"] == 16
+    with pytest.raises(ValueError, match="sets train_micro_batch_size_per_gpu=32 but this fewstep run uses 16.*auto"):
+        fill_deepspeed_batch({"train_micro_batch_size_per_gpu": 32}, 16, 1)
+
+
+def test_shipped_deepspeed_configs_leave_the_batch_to_fewstep() -> None:
+    """Every batch field of the shipped DeepSpeed files is "auto" (or absent), so `fill_deepspeed_batch` sets it."""
+    from fewstep.distill.processes import fill_deepspeed_batch
+
+    for name in ("deepspeed_zero2.yaml", "deepspeed_zero3.yaml"):
+        plugin = yaml.safe_load((ACCELERATE_CONFIGS / name).read_text())["deepspeed_config"]
+        fields = {k: v for k, v in plugin.items() if "batch" in k or k == "gradient_accumulation_steps"}
+        fill_deepspeed_batch(fields, 16, 1)  # raises on a fixed value that disagrees
+
+
+def fake_sharded_checkpoint(folder: Path, engine: str, networks: int = 1, optimizers: int = 1) -> Path:
+    """A checkpoint folder laid out as accelerate's `save_state` lays it out under `engine` (tiny placeholder shards)."""
+    from fewstep.distill.processes import sharded_state_names
+
+    folder.mkdir(parents=True)
+    for name in sharded_state_names(engine, networks, optimizers):
+        (folder / name).mkdir()
+        (folder / name / "__0_0.distcp").write_bytes(b"shard")
+    (folder / "trainer_state.json").write_text(json.dumps({"step": 2, "networks": {f"n{i}": {} for i in range(networks)},
+                                                           "optimizers": optimizers, "ema": [], "engine": engine}))
+    return folder
+
+
+@pytest.mark.parametrize("engine", ["fsdp", "deepspeed"])
+def test_sharded_checkpoints_pass_the_resume_check_when_complete(tmp_path, engine) -> None:
+    from fewstep.distill.loop import DamagedCheckpointError, verify_checkpoint
+
+    folder = fake_sharded_checkpoint(tmp_path / "step_000002", engine, networks=2, optimizers=2)
+    verify_checkpoint(folder)  # no model.safetensors / optimizer.bin asked for
+    shard = sorted(p for p in folder.iterdir() if p.is_dir())[-1]
+    (shard / "__0_0.distcp").unlink()
+    with pytest.raises(DamagedCheckpointError, match=f"{shard.name}/ \\({engine.upper()} shards\\) is missing or empty"):
+        verify_checkpoint(folder)
+
+
+def test_the_engine_of_a_checkpoint_is_read_from_its_state_or_its_files(tmp_path) -> None:
+    from fewstep.distill.processes import checkpoint_engine
+
+    assert checkpoint_engine(tmp_path, "fsdp") == "fsdp"
+    assert checkpoint_engine(tmp_path, None) == "ddp"  # written before engines were recorded: plain files
+    (tmp_path / "pytorch_model_fsdp_0").mkdir()
+    assert checkpoint_engine(tmp_path, None) == "fsdp"
+
+
+@pytest.mark.parametrize(("written", "running", "fix"), [("fsdp", "ddp", "fsdp.yaml"), ("ddp", "deepspeed", "ddp.yaml"),
+                                                         ("deepspeed", "fsdp", "deepspeed_zero2.yaml")])
+def test_a_checkpoint_of_another_engine_is_refused_naming_the_launch_that_resumes_it(tmp_path, written, running, fix) -> None:
+    from fewstep.distill.processes import check_checkpoint_engine
+
+    with pytest.raises(ValueError, match=f"written under {written.upper()}.*launched for {running.upper()}.*{fix}"):
+        check_checkpoint_engine(tmp_path, written, running)
+    check_checkpoint_engine(tmp_path, running, running)
+
+
+def test_resuming_an_fsdp_checkpoint_in_a_ddp_run_is_refused_before_writing(tmp_path) -> None:
+    from distill_helpers import tiny_config
+
+    from fewstep.distill.loop import Trainer
+
+    checkpoint = fake_sharded_checkpoint(tmp_path / "run" / "checkpoints" / "step_000002", "fsdp")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    with pytest.raises(ValueError, match="written under FSDP.*assets/accelerate/fsdp.yaml"):
+        Trainer(tiny_config(tmp_path / "run"), resume=str(checkpoint))
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+def test_checkpoints_record_their_engine_and_process_count(tmp_path) -> None:
+    from distill_helpers import single_thread, tiny_config
+
+    from fewstep.distill.loop import train
+
+    with single_thread():
+        result = train(tiny_config(tmp_path / "run", "max_steps=1"))
+    state = json.loads((result.checkpoint / "trainer_state.json").read_text())
+    assert state["engine"] == "ddp" and state["processes"] == 1
+
+
+def test_fit_sampler_under_two_processes_fits_the_one_process_spec(tmp_path) -> None:
+    """`accelerate launch -m fewstep fit-sampler`: the teacher's samples are split over the processes, the fit is the same."""
+    from safetensors.torch import load_file
+
+    from fewstep.cli import main
+
+    teacher = ROOT / "assets" / "teachers" / "mixture_flow"
+    args = ["fit-sampler", str(teacher), "--steps", "2", "--teacher-steps", "8", "--noises", "64", "--heldout", "16",
+            "--iterations", "5", "--batch-size", "8"]
+    assert main([*args, "--out", str(tmp_path / "one.safetensors")]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "fewstep",
+                           *args, "--out", str(tmp_path / "two.safetensors")],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("wrote ") == 1  # the main process fits and writes
+    one, two = load_file(str(tmp_path / "one.safetensors")), load_file(str(tmp_path / "two.safetensors"))
+    assert one.keys() == two.keys()
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], rtol=1e-6, atol=1e-9)

@@ -24,7 +24,7 @@ from fewstep.pipelines import OneStepFlowPipeline
 from fewstep.pipelines.loading import LoadedTeacher, load_teacher
 from fewstep.samplers import Denoiser, GaussianMixture, NetworkDenoiser, RectifiedFlowPath, get_schedule, sample
 
-from distill_helpers import launch_two_processes, single_thread, tiny_config
+from distill_helpers import single_thread, tiny_config
 
 TEACHER = assets_dir() / "teachers" / "mixture_flow"
 VP_TEACHER = assets_dir() / "teachers" / "mixture_vp"
@@ -287,23 +287,6 @@ def test_resume_equals_uninterrupted(tmp_path):
         resumed = train(reflow_config(tmp_path / "split", "max_steps=8", *overrides), resume="latest")
     assert resumed.start_step == 4
     assert resumed.losses == pytest.approx(full.losses[4:], rel=1e-5)
-
-
-def test_two_processes_train_stage_one(tmp_path):
-    config = tmp_path / "reflow.yaml"
-    config.write_text("\n".join([
-        f"run_dir: {tmp_path / 'run'}", "max_steps: 6", "log_with: none", "log_every: 2", "checkpoint_every: 0",
-        "sample_steps: 1", "samples_per_class: 2",
-        "model: {type: mlp, num_classes: 8, width: 32, num_blocks: 1, teacher: " + str(TEACHER) + "}",
-        "data: {batch_size: 32}",
-        "objective: {name: slimflow_reflow, num_noises: 256, fine_steps: 4, shard_size: 64, anneal_steps: 4, "
-        f"pairs_dir: {tmp_path / 'pairs'}" + "}",
-        "optim: {lr: 1.0e-3}",
-    ]))
-    done = launch_two_processes(config, tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert isinstance(DiffusionPipeline.from_pretrained(tmp_path / "run" / "pipeline"), OneStepFlowPipeline)
-    assert len(list((tmp_path / "pairs").glob("shard-*.safetensors"))) == 4
 
 
 # -- bad input ---------------------------------------------------------------------------------

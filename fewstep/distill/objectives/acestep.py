@@ -28,6 +28,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from fewstep import batch_noise
+
 from .base import Objective, Teacher, register_objective
 from .music_autoencoder import check_audio_item
 
@@ -69,7 +71,7 @@ class AceStepOptions:
 def shifted_logit_normal(batch: int, generator: torch.Generator, device: torch.device, mean: float, std: float,
                          shift: float) -> Tensor:
     """t [B] = s u / (1 + (s - 1) u), u = sigmoid(N(mean, std^2)) (SD3's logit-normal with a flow time shift)."""
-    u = torch.sigmoid(mean + std * torch.randn(batch, generator=generator, device=device))
+    u = torch.sigmoid(mean + std * batch_noise.randn((batch,), generator, device))
     return shift * u / (1 + (shift - 1) * u)
 
 
@@ -132,6 +134,7 @@ class AceStep(Objective):
         networks = {"transformer": model, "condition_encoder": ConditionsWithDropout(encoder)}
         super().__init__(networks, teacher)
         self.tokenizer: Any = None
+        self.text_lengths = (0, 0)  # tokens of the training set's longest caption / lyrics (set by make_dataset)
         self.text_encoder: nn.Module | None = None
         self.repa_features: Any = None
         self.held_out: dict[str, list[str]] = {"prompt": [], "lyrics": []}
@@ -170,6 +173,10 @@ class AceStep(Objective):
         vocabulary = [" ".join(map(str, getattr(audio_data, k, ()))) for k in ("instruments", "keys", "tempos", "syllables")]
         self.tokenizer = music_tokenizer(self.template_texts(prompts, lyrics, clip_seconds) + vocabulary)
         self.text_encoder = music_text_encoder(len(self.tokenizer), self.options.text_dim, self.options.text_seed)
+        formatted = [_format(p, l, clip_seconds) for p, l in zip(prompts, lyrics)]
+        captions, lyric_texts = zip(*formatted)
+        self.text_lengths = (max(map(len, self.tokenizer(list(captions)).input_ids)),
+                             max(map(len, self.tokenizer(list(lyric_texts)).input_ids)))
         self.condition_encoder().silence_latent.copy_(silence_latents(self.vae))
         latents = self.encode_clips(audio_data)
         repa = None
@@ -248,11 +255,24 @@ class AceStep(Objective):
             if next(module.parameters()).device != device:
                 module.to(device)
 
+    def tokenize(self, texts: list[str], length: int, limit: int) -> Any:
+        """Token ids and mask [B, L], padded to at least `length` (the training set's longest text), at most `limit`.
+
+        The transformer's output depends on how far its conditions are padded, so a fixed padding
+        makes a clip's loss independent of the other clips in its batch (and of how a global batch
+        is split over processes).
+        """
+        encoding = self.tokenizer(texts, padding="longest", truncation=True, max_length=limit, return_tensors="pt")
+        if encoding.input_ids.shape[1] < min(length, limit):
+            encoding = self.tokenizer(texts, padding="max_length", truncation=True, max_length=min(length, limit),
+                                      return_tensors="pt")
+        return encoding
+
     def encode_text(self, prompts: list[str], lyrics: list[str], device: torch.device, clip_seconds: float) -> tuple[Tensor, ...]:
         """(caption states [B, Lt, D], caption mask, lyric embeddings [B, Ll, D], lyric mask) as the pipeline makes them."""
         texts = [_format(p, l, clip_seconds) for p, l in zip(prompts, lyrics)]
-        caption = self.tokenizer([t for t, _ in texts], padding="longest", truncation=True, max_length=256, return_tensors="pt")
-        lyric = self.tokenizer([l for _, l in texts], padding="longest", truncation=True, max_length=2048, return_tensors="pt")
+        caption = self.tokenize([t for t, _ in texts], self.text_lengths[0], 256)
+        lyric = self.tokenize([l for _, l in texts], self.text_lengths[1], 2048)
         with torch.no_grad():
             text_hidden = self.text_encoder(input_ids=caption.input_ids.to(device)).last_hidden_state
             lyric_hidden = self.text_encoder.get_input_embeddings()(lyric.input_ids.to(device))
@@ -269,8 +289,8 @@ class AceStep(Objective):
                                                                             device, clip_seconds)
         drop_text = drop_lyrics = None
         if drop:
-            drop_text = torch.rand(B, generator=generator, device=device) < self.options.tag_dropout
-            drop_lyrics = torch.rand(B, generator=generator, device=device) < self.options.lyric_dropout
+            drop_text = batch_noise.rand((B,), generator, device) < self.options.tag_dropout
+            drop_lyrics = batch_noise.rand((B,), generator, device) < self.options.lyric_dropout
         return self.networks["condition_encoder"](text_hidden, text_mask, lyric_hidden, lyric_mask,
                                                   timbre_frames(self.latents_per_second), drop_text, drop_lyrics)
 
@@ -284,7 +304,7 @@ class AceStep(Objective):
         B, T, _ = x0.shape
         encoder_states = self.conditions(batch, generator)
         t = shifted_logit_normal(B, generator, device, opts.logit_mean, opts.logit_std, opts.shift)
-        eps = torch.randn(x0.shape, generator=generator, device=device, dtype=x0.dtype)
+        eps = batch_noise.randn(x0.shape, generator, device, x0.dtype)
         x_t = (1 - t[:, None, None]) * x0 + t[:, None, None] * eps
         context = text2music_context(self.condition_encoder(), B, T).to(x0.dtype)
         transformer = self.networks["transformer"]

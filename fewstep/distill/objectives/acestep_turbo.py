@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from fewstep import batch_noise
 from fewstep.pipelines.music import transformer_velocity as velocity
 
 from .. import distribution_matching
@@ -227,25 +228,30 @@ class AceStepTurbo(Objective):
 
     @torch.no_grad()
     def teacher_pairs(self, prompts: list[str], lyrics: list[str]) -> tuple[Tensor, Tensor]:
-        """(noise [N, T, C], the guided teacher's Euler ODE endpoint [N, T, C]) for the first N captions (cycled)."""
-        from tqdm.auto import tqdm
+        """(noise [N, T, C], the guided teacher's Euler ODE endpoint [N, T, C]) for the first N captions (cycled).
 
+        Chunks of `pair_batch_size` are split across the processes of a launch (`shard_map`).
+        """
         from fewstep.pipelines.music import latent_shape, plain_cfg
+
+        from ..processes import shard_map
 
         opts = self.options
         device = self.teacher.network.device
         self.pipe.to(device)
         shape = latent_shape(self.pipe, self.clip_seconds)
         noise = torch.randn((opts.regression_pairs, *shape), generator=torch.Generator().manual_seed(opts.seed))
-        targets = []
+
+        def endpoints(chunk: int) -> Tensor:
+            rows = range(chunk * opts.pair_batch_size, min((chunk + 1) * opts.pair_batch_size, opts.regression_pairs))
+            out = self.pipe(prompt=[prompts[i % len(prompts)] for i in rows], lyrics=[lyrics[i % len(lyrics)] for i in rows],
+                            audio_duration=self.clip_seconds, latents=noise[rows.start:rows.stop].to(device),
+                            num_inference_steps=opts.regression_steps, shift=opts.regression_shift,
+                            guidance_scale=opts.guidance_scale, output_type="latent").audios
+            return out.float().cpu()
+
         with plain_cfg():
-            for lo in tqdm(range(0, opts.regression_pairs, opts.pair_batch_size), desc="teacher pairs", leave=False):
-                rows = range(lo, min(lo + opts.pair_batch_size, opts.regression_pairs))
-                out = self.pipe(prompt=[prompts[i % len(prompts)] for i in rows], lyrics=[lyrics[i % len(lyrics)] for i in rows],
-                                audio_duration=self.clip_seconds, latents=noise[lo:lo + len(rows)].to(device),
-                                num_inference_steps=opts.regression_steps, shift=opts.regression_shift,
-                                guidance_scale=opts.guidance_scale, output_type="latent").audios
-                targets.append(out.float().cpu())
+            targets = shard_map(endpoints, -(-opts.regression_pairs // opts.pair_batch_size), desc="teacher pairs")
         return noise, torch.cat(targets)
 
     def check_data(self, dataset: Dataset, num_classes: int) -> None:
@@ -293,21 +299,21 @@ class AceStepTurbo(Objective):
 
     def draw_times(self, count: int, generator: torch.Generator, device: torch.device) -> Tensor:
         """t ~ U[t_min, t_max] [count]."""
-        u = torch.rand(count, generator=generator, device=generator.device).to(device)
+        u = batch_noise.rand((count,), generator, generator.device).to(device)
         return self.options.t_min + (self.options.t_max - self.options.t_min) * u
 
     def student_samples(self, conditions: dict[str, Tensor], generator: torch.Generator, grad: str) -> Tensor:
         """x [B, T, C]: the student's x0 at a random step of a random grid, from fresh noise."""
         states = conditions["encoder_hidden_states"]
         shape = (states.shape[0], *self.teacher.sample_shape)
-        z = torch.randn(shape, generator=generator, device=generator.device).to(states.device, states.dtype)
+        z = batch_noise.randn(shape, generator, generator.device).to(states.device, states.dtype)
         times, k = self.draw_grid(generator)
         return euler_chain(self.networks["student"], z, conditions, times, k, grad)
 
     def noised(self, x: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
         """(x_t = (1 - t) x + t eps, t [B], eps) on the flow path."""
         t = self.draw_times(x.shape[0], generator, x.device).to(x.dtype)
-        eps = torch.randn(x.shape, generator=generator, device=generator.device).to(x.device, x.dtype)
+        eps = batch_noise.randn(x.shape, generator, generator.device).to(x.device, x.dtype)
         return (1 - t[:, None, None]) * x + t[:, None, None] * eps, t, eps
 
     def real_x0(self, x_t: Tensor, t: Tensor, conditions: dict[str, Tensor]) -> Tensor:

@@ -6,7 +6,8 @@ K students), declares the optimizer parameter groups of each phase (e.g. "critic
 `loss(batch, step, generator, phase) -> {"loss": scalar, ...}`. It never touches accelerate:
 the loop (`fewstep.distill.loop`) owns devices, `prepare`, accumulation, precision, EMA of
 every network in `ema_networks`, checkpoints and logging, and swaps `self.networks[name]` for
-its prepared (wrapped) copy. A frozen teacher is not one of `self.networks`: it arrives whole
+its prepared (wrapped) copy: call a network (its forward), or run other methods of it through
+`as_forward` (the wrapper's forward does the data-parallel work). A frozen teacher is not one of `self.networks`: it arrives whole
 (`Teacher`: network, noise path, prediction type, scheduler config) and is neither trained,
 averaged nor checkpointed.
 
@@ -20,12 +21,13 @@ from __future__ import annotations
 import dataclasses
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, TypeVar
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from fewstep import batch_noise
 from fewstep.pipelines.class_conditional import null_class, sample_shape
 from fewstep.pipelines.loading import LoadedTeacher as Teacher
 from fewstep.samplers import CFGDenoiser, Denoiser, NoisePath, from_x0_eps, get_schedule, sample
@@ -35,6 +37,28 @@ POINTS_PER_CLASS = 250
 
 #: name -> objective class; filled by `@register_objective`.
 OBJECTIVES: dict[str, type["Objective"]] = {}
+
+
+T = TypeVar("T")
+
+
+def as_forward(network: nn.Module, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """`fn(module, *args, **kwargs)` run as the forward of `network`: a DDP / FSDP wrapper (or the bare module).
+
+    Wrappers do their work around the forward: DDP prepares the backward's gradient all-reduce,
+    FSDP gathers sharded weights. Calling another method of the wrapped module directly
+    (`vae.encode(x)`) skips that; `as_forward(vae, lambda m, x: m.decode(m.encode(x)...), x)` does not.
+    """
+    inner = getattr(network, "module", network)
+    own = inner.__dict__.get("forward")  # accelerate may have patched the instance's forward (autocast)
+    inner.forward = lambda *a, **k: fn(inner, *a, **k)
+    try:
+        return network(*args, **kwargs)
+    finally:
+        if own is None:
+            del inner.forward
+        else:
+            inner.forward = own
 
 
 @dataclasses.dataclass
@@ -192,7 +216,7 @@ class DenoisingObjective(Objective):
 
     def drop_labels(self, labels: Tensor, generator: torch.Generator) -> Tensor:
         """Labels [B] with each replaced by the null class with probability `cfg_dropout`."""
-        drop = torch.rand(labels.shape, generator=generator, device=labels.device) < self.cfg_dropout
+        drop = batch_noise.rand(labels.shape, generator, labels.device) < self.cfg_dropout
         return torch.where(drop, torch.full_like(labels, self.null_label), labels)
 
     def loss(self, batch: Any, step: int, generator: torch.Generator, phase: str = "main") -> dict[str, Tensor]:
@@ -200,7 +224,7 @@ class DenoisingObjective(Objective):
         device = x0.device
         t, timestep = self.sample_times(x0.shape[0], generator, device)
         alpha, sigma = (v.to(device=device, dtype=x0.dtype).reshape(-1, *[1] * (x0.ndim - 1)) for v in self.path.alpha_sigma(t))
-        eps = torch.randn(x0.shape, generator=generator, device=device, dtype=x0.dtype)
+        eps = batch_noise.randn(x0.shape, generator, device, x0.dtype)
         x_t = alpha * x0 + sigma * eps
         output = self.networks["model"](x_t, timestep, class_labels=self.drop_labels(labels, generator)).sample
         target = from_x0_eps(x0, eps, alpha, sigma, self.prediction_type)

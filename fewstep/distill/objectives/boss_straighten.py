@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from fewstep import batch_noise
+
 from .base import Teacher, check_teacher_kind, register_objective
 from .trajectory import TeacherTrajectoryObjective, TrajectoryOptions, load_flow_spec, spec_path
 
@@ -47,7 +49,7 @@ class BossStraighten(TeacherTrajectoryObjective):
     def loss(self, batch: Any, step: int, generator: torch.Generator, phase: str = "main") -> dict[str, Tensor]:
         states, labels = batch  # [B, K+1, ...], [B]
         device = states.device
-        k = torch.randint(0, states.shape[1] - 1, (states.shape[0],), generator=generator, device=device)
+        k = batch_noise.randint(0, states.shape[1] - 1, (states.shape[0],), generator, device)
         rows = torch.arange(states.shape[0], device=device)
         x_k, x_next = states[rows, k], states[rows, k + 1]
         ts = self.ts.to(device)

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from fewstep import batch_noise
 from fewstep.samplers import RectifiedFlowPath
 
 from .base import DenoisingObjective, Teacher, check_teacher_kind, register_objective
@@ -57,9 +58,9 @@ class FlowMatching(DenoisingObjective):
 
     def sample_times(self, batch_size: int, generator: torch.Generator, device: torch.device) -> tuple[Tensor, Tensor]:
         if self.options.time_sampling == "uniform":
-            t = torch.rand(batch_size, generator=generator, device=device)
+            t = batch_noise.rand((batch_size,), generator, device)
         else:
-            z = torch.randn(batch_size, generator=generator, device=device)
+            z = batch_noise.randn((batch_size,), generator, device)
             t = torch.sigmoid(self.options.logit_mean + self.options.logit_std * z)
         t = t.double().cpu()
         return t, self.path.model_time(t).to(device=device, dtype=torch.float32)

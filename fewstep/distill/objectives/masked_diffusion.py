@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from fewstep import batch_noise
 from fewstep.samplers.discrete import LogLinearMaskPath, ModelDenoiser, all_masked, sample, uniform_grid
 
 from .base import Objective, Teacher, register_objective
@@ -32,12 +33,11 @@ def masked_nelbo_terms(model: nn.Module, x0: Tensor, path: LogLinearMaskPath, ge
                        t_min: float = 1e-3) -> tuple[Tensor, Tensor]:
     """(NELBO per token [B], unweighted masked cross-entropy [B]) for one stratified draw of t per sequence."""
     B, L = x0.shape
-    V = int(model.config.vocab_size)
-    u = torch.rand((), generator=generator, device=x0.device)
-    t = (u + torch.arange(B, device=x0.device) / B) % 1.0
+    V = int(getattr(model, "module", model).config.vocab_size)  # through a DistributedDataParallel wrapper too
+    t = batch_noise.stratified(B, generator, x0.device)
     t = t_min + (1.0 - t_min) * t
     m = path.mask_prob(t.double()).to(x0.device).float()
-    masked = torch.rand(x0.shape, generator=generator, device=x0.device) < m[:, None]
+    masked = batch_noise.rand(x0.shape, generator, x0.device) < m[:, None]
     x_t = torch.where(masked, torch.full_like(x0, V), x0)
     logits = model(x_t).sample.float()
     ce = nn.functional.cross_entropy(logits.reshape(-1, V), x0.reshape(-1), reduction="none").reshape(B, L) * masked

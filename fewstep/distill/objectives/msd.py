@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset, TensorDataset
 
+from fewstep import batch_noise
 from fewstep.pipelines.class_conditional import null_class, sample_shape
 from fewstep.samplers import NetworkDenoiser, renoising_sample
 
@@ -168,11 +169,11 @@ class MultiStudentDistillation(Objective):
     def draw_labels(self, k: int, count: int, generator: torch.Generator, device: torch.device) -> Tensor:
         """`count` labels drawn uniformly from group k."""
         group = torch.tensor(self.groups[k], device=device)
-        return group[torch.randint(len(self.groups[k]), (count,), generator=generator, device=device)]
+        return group[batch_noise.randint(0, len(self.groups[k]), (count,), generator, device)]
 
     def draw_times(self, count: int, generator: torch.Generator, device: torch.device) -> Tensor:
         """t ~ U[t_min, t_max] [count] (float64 CPU), snapped to a discrete teacher's grid."""
-        u = torch.rand(count, generator=generator, device=device, dtype=torch.float64).cpu()
+        u = batch_noise.rand((count,), generator, device, torch.float64).cpu()
         return self.real.snap(self.options.t_min + (self.options.t_max - self.options.t_min) * u)
 
     def generate(self, student: NetworkDenoiser, labels: Tensor, z: Tensor, generator: torch.Generator | None,
@@ -188,7 +189,7 @@ class MultiStudentDistillation(Objective):
         """(x = G_k(z, c) [B, ...], labels [B]) for one training micro-batch of student k."""
         count = self.options.batch_per_student
         labels = self.draw_labels(k, count, generator, device)
-        z = torch.randn((count, *self.teacher.sample_shape), generator=generator, device=device)
+        z = batch_noise.randn((count, *self.teacher.sample_shape), generator, device)
         step = int(torch.randint(len(self.student_times), (1,), generator=generator, device=device))
         return self.generate(self.student(k), labels, z, generator, step), labels
 
@@ -214,18 +215,22 @@ class MultiStudentDistillation(Objective):
             x, labels = self._train_samples(k, generator, device)
         critic = NetworkDenoiser(self.networks[critic_name(k)], self.path, self.prediction_type)
         t = self.draw_times(x.shape[0], generator, device)
-        eps = torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype)
+        eps = batch_noise.randn(x.shape, generator, device, x.dtype)
         x_t = critic.noise(x, eps, t)
         if self.options.gan_weight <= 0:
             denoise = F.mse_loss(critic.raw(x_t, t, labels).float(), critic.target(x, eps, t).float())
             return {"loss": denoise, "critic_loss": denoise}
-        real, real_labels = self.group_items(k, batch)
-        t_real = self.draw_times(real.shape[0], generator, device)
-        real_t = critic.noise(real, torch.randn(real.shape, generator=generator, device=device, dtype=real.dtype), t_real)
+        # times and noise are drawn for every real row, then group k's rows kept: the draws do not
+        # depend on how many of a process's rows belong to the group
+        real, real_labels, mask = self.group_items(k, batch)
+        t_real = self.draw_times(mask.shape[0], generator, device)[mask.cpu()]
+        eps_real = batch_noise.randn(batch[0].shape, generator, device, real.dtype)[mask]
+        real_t = critic.noise(real, eps_real, t_real)
         out = critic.raw(torch.cat([x_t, real_t]), torch.cat([t, t_real]), torch.cat([labels, real_labels]))
         logits = self.networks[head_name(k)](self.taps[k].take())
         denoise = F.mse_loss(out[: x.shape[0]].float(), critic.target(x, eps, t).float())
-        disc = gan_discriminator_loss(logits[: x.shape[0]], logits[x.shape[0]:])
+        expected = mask.shape[0] * len(self.groups[k]) / self.num_classes  # group k's rows in a batch, on average
+        disc = gan_discriminator_loss(logits[: x.shape[0]], logits[x.shape[0]:], real_count=expected)
         return {"loss": denoise + self.options.gan_critic_weight * disc, "critic_loss": denoise, "gan_d": disc}
 
     def generator_loss(self, k: int, batch: Any, generator: torch.Generator) -> dict[str, Tensor]:
@@ -233,7 +238,7 @@ class MultiStudentDistillation(Objective):
         device = batch[0].device
         x, labels = self._train_samples(k, generator, device)
         t = self.draw_times(x.shape[0], generator, device)
-        eps = torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype)
+        eps = batch_noise.randn(x.shape, generator, device, x.dtype)
         critic = NetworkDenoiser(self.networks[critic_name(k)], self.path, self.prediction_type)
         with torch.no_grad():
             x_t = critic.noise(x.detach(), eps, t)
@@ -254,11 +259,11 @@ class MultiStudentDistillation(Objective):
             terms["regression"] = regression.detach()
         return {"loss": loss, **terms}
 
-    def group_items(self, k: int, batch: Any) -> tuple[Tensor, Tensor]:
-        """The real items of the micro-batch whose labels belong to group k (possibly none)."""
+    def group_items(self, k: int, batch: Any) -> tuple[Tensor, Tensor, Tensor]:
+        """(items, labels, mask [B]): the real items of the micro-batch whose labels belong to group k (possibly none)."""
         x, labels = batch[0], batch[1]
         mask = torch.isin(labels, torch.tensor(self.groups[k], device=labels.device))
-        return x[mask], labels[mask]
+        return x[mask], labels[mask], mask
 
     def signature(self) -> dict[str, Any]:
         """A run resumes only with the same students: the routing table and the student times."""

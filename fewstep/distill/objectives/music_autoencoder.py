@@ -23,7 +23,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from .base import Objective, Teacher, register_objective
+from fewstep import batch_noise
+
+from .base import Objective, Teacher, as_forward, register_objective
 
 #: what the exported folder records about the autoencoder (held-out quality, latent scale, data).
 AUTOENCODER_INFO = "autoencoder.json"
@@ -51,13 +53,17 @@ class MusicAutoencoderOptions:
 
 
 def multi_resolution_stft_loss(x: Tensor, y: Tensor, sizes: tuple[int, ...]) -> Tensor:
-    """Sum over FFT sizes of spectral convergence + mean |log|X| - log|Y||; x, y [B, T] (Yamamoto et al. 2020)."""
+    """Sum over FFT sizes of spectral convergence + mean |log|X| - log|Y||; x, y [B, T] (Yamamoto et al. 2020).
+
+    Spectral convergence ||X - Y||_F / ||X||_F is taken per clip and averaged, so the loss is a
+    mean over clips (a batch split over processes averages to the same value).
+    """
     total = x.new_zeros(())
     for n_fft in sizes:
         window = torch.hann_window(n_fft, device=x.device, dtype=x.dtype)
         X = torch.stft(x, n_fft, n_fft // 4, window=window, return_complex=True).abs()
         Y = torch.stft(y, n_fft, n_fft // 4, window=window, return_complex=True).abs()
-        convergence = torch.linalg.norm(X - Y) / torch.linalg.norm(X).clamp_min(1e-7)
+        convergence = (torch.linalg.norm(X - Y, dim=(-2, -1)) / torch.linalg.norm(X, dim=(-2, -1)).clamp_min(1e-7)).mean()
         log_mag = (torch.log(X.clamp_min(1e-5)) - torch.log(Y.clamp_min(1e-5))).abs().mean()
         total = total + convergence + log_mag
     return total
@@ -129,18 +135,24 @@ class MusicAutoencoder(Objective):
         """A random `crop_samples` window of each clip [B, C, T] -> [B, C, crop]."""
         B, _, T = audio.shape
         size = self.options.crop_samples
-        starts = torch.randint(0, T - size + 1, (B,), generator=generator, device=audio.device)
+        starts = batch_noise.randint(0, T - size + 1, (B,), generator, audio.device)
         index = starts[:, None] + torch.arange(size, device=audio.device)
         return torch.gather(audio, 2, index[:, None, :].expand(-1, audio.shape[1], -1))
 
     def loss(self, batch: Any, step: int, generator: torch.Generator, phase: str = "main") -> dict[str, Tensor]:
         opts = self.options
         x = self.crop(batch["audio"], generator)
-        vae = self.networks["vae"]
-        posterior = vae.encode(x).latent_dist
-        y = vae.decode(posterior.sample(generator=generator)).sample
+
+        def reconstruct(vae: nn.Module, x: Tensor) -> tuple[Tensor, Any]:
+            posterior = vae.encode(x).latent_dist
+            mean = posterior.mean  # the posterior's sample, with this process's rows of the global batch's noise
+            noise = batch_noise.randn(mean.shape, generator, mean.device, mean.dtype)
+            return vae.decode(mean + posterior.std * noise).sample, posterior
+
+        y, posterior = as_forward(self.networks["vae"], reconstruct, x)
         l1 = (x - y).abs().mean()
-        flat_x, flat_y = x.reshape(-1, x.shape[-1]).float(), y.reshape(-1, y.shape[-1]).float()
+        dtype = torch.promote_types(x.dtype, torch.float32)  # fp32 under fp16 / bf16 autocast, float64 kept
+        flat_x, flat_y = x.reshape(-1, x.shape[-1]).to(dtype), y.reshape(-1, y.shape[-1]).to(dtype)
         stft = multi_resolution_stft_loss(flat_x, flat_y, opts.stft_sizes)
         kl = posterior.kl()
         loss = opts.l1_weight * l1 + opts.stft_weight * stft + opts.kl_weight * kl

@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from fewstep import batch_noise
 from fewstep.pipelines.class_conditional import null_class, sample_shape
 from fewstep.samplers import NetworkDenoiser, get_schedule
 
@@ -109,7 +110,7 @@ def annealed_noise(paired: Tensor, fresh: Tensor, beta: float) -> Tensor:
 
 def flip_pairs(noise: Tensor, data: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
     """Flip image and its paired noise [B, C, H, W] horizontally together, each pair with probability 1/2."""
-    flip = (torch.rand(noise.shape[0], generator=generator, device=noise.device) < 0.5).reshape(-1, 1, 1, 1)
+    flip = (batch_noise.rand((noise.shape[0],), generator, noise.device) < 0.5).reshape(-1, 1, 1, 1)
     return torch.where(flip, noise.flip(-1), noise), torch.where(flip, data.flip(-1), data)
 
 
@@ -214,7 +215,7 @@ class AnnealingReflow(SlimFlowObjective):
         if self.options.flip and data.ndim == 4:
             paired, data = flip_pairs(paired, data, generator)
         beta = self.beta(step)
-        fresh = torch.randn(paired.shape, generator=generator, device=paired.device, dtype=paired.dtype)
+        fresh = batch_noise.randn(paired.shape, generator, paired.device, paired.dtype)
         loss = self.coupling_loss(data, annealed_noise(paired, fresh, beta), labels, generator)
         return {"loss": loss, "beta": torch.tensor(beta)}
 
@@ -254,8 +255,8 @@ class FlowGuidedDistillation(SlimFlowObjective):
         out = {"one_step": one_step_loss.detach()}
         loss = one_step_loss
         if opts.guidance_weight > 0:
-            s = opts.guide_t_min + (opts.guide_t_max - opts.guide_t_min) * torch.rand(
-                z.shape[0], generator=generator, device=z.device, dtype=torch.float64)
+            s = opts.guide_t_min + (opts.guide_t_max - opts.guide_t_min) * batch_noise.rand(
+                (z.shape[0],), generator, z.device, torch.float64)
             target = two_step_target(z, velocity, s, self.guide, labels)
             two_step_loss = pair_distance(one_step, target, opts.distance, opts.huber_c)
             loss = loss + opts.guidance_weight * two_step_loss

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from fewstep import batch_noise
 from fewstep.samplers import Denoiser, NetworkDenoiser, RectifiedFlowPath, get_schedule, get_solver
 from fewstep.samplers.spec import SamplerSpec
 
@@ -159,7 +160,7 @@ class TeacherPairObjective(Objective):
     def coupling_loss(self, data: Tensor, noise: Tensor, labels: Tensor, generator: torch.Generator) -> Tensor:
         """Flow matching on a coupling (rectified flow): x_t on the student's path between data and its paired
         noise [B, ...], t ~ U(T_MIN, 1), regressing the path's velocity target (noise - data)."""
-        t = T_MIN + (1 - T_MIN) * torch.rand(data.shape[0], generator=generator, device=data.device, dtype=torch.float64)
+        t = T_MIN + (1 - T_MIN) * batch_noise.rand((data.shape[0],), generator, data.device, torch.float64)
         t = t.cpu()
         student = self.student()
         return self.velocity_loss(student.noise(data, noise, t), t, student.target(data, noise, t), labels)

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fewstep import batch_noise
 from fewstep.pipelines.class_conditional import null_class
 from fewstep.samplers import NetworkDenoiser, get_schedule
 
@@ -63,11 +64,11 @@ class TeacherScoreMatching(Objective):
     def loss(self, batch: Any, step: int, generator: torch.Generator, phase: str = "main") -> dict[str, Tensor]:
         x0, labels = batch[0], batch[1]
         device = x0.device
-        u = torch.rand(x0.shape[0], generator=generator, device=device, dtype=torch.float64).cpu()
+        u = batch_noise.rand((x0.shape[0],), generator, device, torch.float64).cpu()
         t = self.teacher_denoiser.snap(self.options.t_min + (1 - self.options.t_min) * u)
-        eps = torch.randn(x0.shape, generator=generator, device=device, dtype=x0.dtype)
+        eps = batch_noise.randn(x0.shape, generator, device, x0.dtype)
         x_t = self.teacher_denoiser.noise(x0, eps, t)
-        drop = torch.rand(labels.shape, generator=generator, device=device) < self.options.cfg_dropout
+        drop = batch_noise.rand(labels.shape, generator, device) < self.options.cfg_dropout
         labels = torch.where(drop, torch.full_like(labels, self.null_label), labels)
         with torch.no_grad():
             target = self.teacher_denoiser.raw(x_t, t, labels)

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from fewstep import batch_noise
 from fewstep.samplers import DiscreteVPPath
 
 from .base import DenoisingObjective, Teacher, check_teacher_kind, register_objective
@@ -62,7 +63,7 @@ class VPDiffusion(DenoisingObjective):
 
     def sample_times(self, batch_size: int, generator: torch.Generator, device: torch.device) -> tuple[Tensor, Tensor]:
         n = self.path.num_train_timesteps
-        k = torch.randint(0, n, (batch_size,), generator=generator, device=device)
+        k = batch_noise.randint(0, n, (batch_size,), generator, device)
         return (k.double().cpu() + 1) / n, k
 
     def scheduler(self) -> Any:
