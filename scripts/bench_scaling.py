@@ -3,6 +3,7 @@
     python scripts/bench_scaling.py memory            # mixed-precision Adam (the paper's accounting)
     python scripts/bench_scaling.py memory --fp32     # fp32 Adam: 4 + 4 + 8 bytes per trained parameter
     python scripts/bench_scaling.py throughput assets/configs/mnist_flow.yaml --batch 64   # 1 vs 2 processes (gloo)
+    python scripts/bench_scaling.py equivalence       # every objective: 1 process vs 2 (same global batch), ~2 min
 
 Pure arithmetic (`fewstep.distill.scaling`): model states only (weights, gradients, Adam states,
 EMA copies, frozen teachers); nothing is trained or loaded.
@@ -116,6 +117,38 @@ def throughput_report(config: str, batch: int, short: int, long: int, cores: int
     return "\n".join(lines)
 
 
+def equivalence_report() -> str:
+    """Largest relative differences between 1-process and 2-process runs of every objective (tests' tiny cases)."""
+    import json
+    from pathlib import Path
+
+    import torch
+
+    tests = Path(__file__).resolve().parents[1] / "tests" / "distill"
+    sys.path.insert(0, str(tests))
+    from data_parallel_cases import CASES, case_config, make_boss_spec  # noqa: E402  (the tests' cases)
+    from test_data_parallel import final_weights, launch  # noqa: E402
+
+    from fewstep.distill.loop import train
+
+    torch.set_num_threads(1)
+    root = Path(tempfile.mkdtemp(prefix="fewstep_equivalence_"))
+    make_boss_spec(root)
+    losses = {name: train(case_config(name, root / "one" / name, processes=1)).losses for name in CASES}
+    done = launch(root / "two", list(CASES), [])
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr[-3000:])
+    lines = ["| objective (case) | steps | max relative loss difference | max relative weight difference (raw + EMA) |",
+             "|---|---|---|---|"]
+    for name in CASES:
+        two = json.loads((root / "two" / name / "losses.json").read_text())
+        loss_diff = max(abs(a - b) / max(abs(b), 1e-12) for a, b in zip(two, losses[name]))
+        one_w, two_w = final_weights(root / "one" / name), final_weights(root / "two" / name)
+        weight_diff = max(float((two_w[k] - one_w[k]).abs().max() / one_w[k].abs().max().clamp_min(1e-12)) for k in one_w)
+        lines.append(f"| {name} | {len(two)} | {loss_diff:.1e} | {weight_diff:.1e} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", required=True)
@@ -127,9 +160,12 @@ def main() -> None:
     p.add_argument("--short", type=int, default=10)
     p.add_argument("--long", type=int, default=40)
     p.add_argument("--cores", type=int, default=os.cpu_count() or 2)
+    sub.add_parser("equivalence", help="every objective trained on 1 vs 2 processes with the same global batch")
     args = parser.parse_args()
     if args.what == "memory":
         print(memory_report(mixed_precision=not args.fp32))
+    elif args.what == "equivalence":
+        print(equivalence_report())
     else:
         print(throughput_report(args.config, args.batch, args.short, args.long, args.cores))
 

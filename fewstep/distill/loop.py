@@ -35,8 +35,9 @@ from ..batch_noise import ShardedGenerator
 from .config import MODEL_TYPES, DataConfig, ModelConfig, TrainConfig, save_config
 from .objectives import Objective, Teacher, build_objective
 from .processes import (
-    check_checkpoint_engine, check_engine_device, check_engine_installed, check_engine_serves, checkpoint_engine,
-    distributed_without_gpu, fill_deepspeed_batch, launch_engine, per_process_batch, sharded_state_names,
+    check_checkpoint_engine, check_engine_device, check_engine_ema, check_engine_installed, check_engine_serves,
+    checkpoint_engine, distributed_without_gpu, fill_deepspeed_batch, full_parameters, launch_engine, per_process_batch,
+    sharded_state_names,
 )
 
 CHECKPOINT_PREFIX = "step_"
@@ -474,6 +475,7 @@ class Trainer:
         engine = launch_engine()
         check_engine_installed(engine)
         check_engine_device(engine)
+        check_engine_ema(engine, config.optim.ema_decay)
         self.accelerator = Accelerator(
             cpu=distributed_without_gpu(),
             mixed_precision=config.mixed_precision,
@@ -753,6 +755,11 @@ class Trainer:
         if self.accelerator.is_main_process:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(self.config, self.run_dir / "config.yaml")
+            cfg, processes = self.config, self.accelerator.num_processes
+            if processes > 1 or cfg.data.global_batch_size is not None:
+                accumulation = cfg.optim.gradient_accumulation_steps
+                print(f"batch: {cfg.data.batch_size} per process x {processes} process(es) x {accumulation} accumulation "
+                      f"step(s) = {cfg.data.batch_size * processes * accumulation} per optimizer step ({self.engine.upper()})")
         if self.config.log_with != "none":
             # Events of an earlier attempt after the step this run starts from (steps > start_step, or all of
             # them for a fresh start) are purged: tensorboard then shows every step once.
@@ -767,12 +774,16 @@ class Trainer:
         cfg, acc = self.config, self.accelerator
         if cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0 and step < cfg.max_steps:
             self.save_checkpoint(step)
-        if acc.is_main_process and cfg.sample_every > 0 and step % cfg.sample_every == 0 and step < cfg.max_steps:
-            self.write_sample_grid(step)
-        if acc.is_main_process and self.eval_fn is not None and cfg.eval_every > 0 and step % cfg.eval_every == 0:
-            metrics = self.evaluate(step)
-            result.metrics.update(metrics)
-            acc.log({f"eval/{k}": v for k, v in metrics.items()}, step=step)
+        sample = cfg.sample_every > 0 and step % cfg.sample_every == 0 and step < cfg.max_steps
+        evaluate = self.eval_fn is not None and cfg.eval_every > 0 and step % cfg.eval_every == 0
+        if sample or evaluate:
+            with full_parameters(self.engine, self.objective.networks.values()):  # every process (FSDP / ZeRO-3)
+                if acc.is_main_process and sample:
+                    self.write_sample_grid(step)
+                if acc.is_main_process and evaluate:
+                    metrics = self.evaluate(step)
+                    result.metrics.update(metrics)
+                    acc.log({f"eval/{k}": v for k, v in metrics.items()}, step=step)
         acc.wait_for_everyone()
 
     def _finish(self, result: TrainResult) -> None:
@@ -780,11 +791,12 @@ class Trainer:
         cfg, acc = self.config, self.accelerator
         if self.start_step < cfg.max_steps:
             result.checkpoint = self.save_checkpoint(cfg.max_steps)
-        if acc.is_main_process:
-            self.write_sample_grid(cfg.max_steps)
-            if self.eval_fn is not None and not (cfg.eval_every > 0 and cfg.max_steps % cfg.eval_every == 0):
-                result.metrics.update(self.evaluate(cfg.max_steps))
-            result.pipeline = self.export_pipeline()
+        with full_parameters(self.engine, self.objective.networks.values()):  # every process (FSDP / ZeRO-3)
+            if acc.is_main_process:
+                self.write_sample_grid(cfg.max_steps)
+                if self.eval_fn is not None and not (cfg.eval_every > 0 and cfg.max_steps % cfg.eval_every == 0):
+                    result.metrics.update(self.evaluate(cfg.max_steps))
+                result.pipeline = self.export_pipeline()
         acc.wait_for_everyone()
 
     def train(self) -> TrainResult:
@@ -872,6 +884,7 @@ def export_checkpoint(config: TrainConfig, checkpoint: str) -> Path:
     if trainer.resume_from is None:
         raise FileNotFoundError(f"{config.run_dir} has no checkpoint to export; train first or pass a checkpoint folder")
     trainer._restore()
-    path = trainer.export_pipeline() if trainer.accelerator.is_main_process else trainer.run_dir / "pipeline"
+    with full_parameters(trainer.engine, trainer.objective.networks.values()):  # every process (FSDP / ZeRO-3)
+        path = trainer.export_pipeline() if trainer.accelerator.is_main_process else trainer.run_dir / "pipeline"
     trainer.accelerator.end_training()
     return path

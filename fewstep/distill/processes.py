@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 import torch
@@ -172,3 +173,43 @@ def check_checkpoint_engine(path: Any, written_under: str, running: str) -> None
                      f"is launched for {running.upper()}, which cannot load it; resume with accelerate launch "
                      f"--config_file {launch[written_under]}, or start a new run_dir. Exported weights "
                      "(run_dir/pipeline) load under any engine through model.type=pretrained")
+
+
+def shards_parameters(engine: str) -> bool:
+    """True when the engine keeps only a shard of each trained parameter on a process: FSDP, or DeepSpeed ZeRO-3."""
+    return engine == "fsdp" or (engine == "deepspeed" and os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2") == "3")
+
+
+def check_engine_ema(engine: str, ema_decay: float) -> None:
+    """Refuse an EMA of sharded parameters: diffusers' EMAModel averages whole tensors (docs/scaling.md)."""
+    if ema_decay > 0 and shards_parameters(engine):
+        name = "FSDP" if engine == "fsdp" else "DeepSpeed ZeRO-3"
+        raise ValueError(f"optim.ema_decay={ema_decay}: {name} keeps only a shard of each parameter on a process, and the "
+                         "EMA (diffusers' EMAModel) averages whole tensors; set optim.ema_decay=0 for this run, or launch "
+                         "with assets/accelerate/ddp.yaml or deepspeed_zero2.yaml (parameters whole on every process)")
+
+
+@contextlib.contextmanager
+def full_parameters(engine: str, networks: Iterable[Any]) -> Iterator[None]:
+    """On every process: the prepared networks' whole weights, for the main process's samples and export.
+
+    Nothing to do under DDP / ZeRO-2. Under FSDP (`summon_full_params`) and ZeRO-3
+    (`deepspeed.zero.GatheredParameters`) the weights are gathered on every process (a collective:
+    all processes must enter) and need to fit one device, as inference does. Not run on this
+    project's CPU machines (docs/scaling.md).
+    """
+    if not shards_parameters(engine):
+        yield
+        return
+    with contextlib.ExitStack() as stack:
+        if engine == "fsdp":
+            from torch.distributed.fsdp import FullyShardedDataParallel
+
+            for network in networks:
+                stack.enter_context(FullyShardedDataParallel.summon_full_params(network, writeback=False))
+        else:
+            import deepspeed
+
+            parameters = [p for network in networks for p in network.parameters()]
+            stack.enter_context(deepspeed.zero.GatheredParameters(parameters, modifier_rank=None))
+        yield

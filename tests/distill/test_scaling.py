@@ -469,3 +469,20 @@ def test_fit_sampler_under_two_processes_fits_the_one_process_spec(tmp_path) -> 
     assert one.keys() == two.keys()
     for key in one:
         torch.testing.assert_close(two[key], one[key], rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize(("engine", "stage", "refused"), [("fsdp", None, True), ("deepspeed", "3", True),
+                                                          ("deepspeed", "2", False), ("ddp", None, False)])
+def test_an_ema_of_sharded_parameters_is_refused_naming_the_alternatives(monkeypatch, engine, stage, refused) -> None:
+    from fewstep.distill.processes import check_engine_ema, shards_parameters
+
+    if stage is not None:
+        monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", stage)
+    assert shards_parameters(engine) == refused
+    check_engine_ema(engine, 0.0)  # no EMA: every engine
+    if refused:
+        with pytest.raises(ValueError, match="optim.ema_decay=0.999.*shard.*optim.ema_decay=0.*ddp.yaml or deepspeed_zero2"):
+            check_engine_ema(engine, 0.999)
+    else:
+        check_engine_ema(engine, 0.999)
+

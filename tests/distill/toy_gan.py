@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.functional import softplus
 
+from fewstep import batch_noise
 from fewstep.models import ClassConditionalMLP
 from fewstep.distill.objectives import Objective, Teacher, register_objective
 
@@ -43,7 +44,7 @@ class ToyGAN(Objective):
         return [{"params": list(self.networks[phase].parameters())}]
 
     def generate(self, generator_net: nn.Module, labels: Tensor, rng: torch.Generator) -> Tensor:
-        z = torch.randn((labels.shape[0], 2), generator=rng, device=labels.device)
+        z = batch_noise.randn((labels.shape[0], 2), rng, labels.device)  # per-sample: this process's rows
         return generator_net(z, torch.zeros_like(labels, dtype=torch.float32), class_labels=labels).sample
 
     def score(self, x: Tensor, labels: Tensor) -> Tensor:
