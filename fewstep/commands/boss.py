@@ -72,10 +72,13 @@ def _noise_batches(teacher, total: int, batch_size: int, seed: int, device: str)
 
 
 def schedule_command(args) -> int:
+    import torch
+
+    from fewstep.distill.processes import process_state, shard_map
     from fewstep.io import check_spec_output
     from fewstep.pipelines.loading import load_teacher
     from fewstep.samplers import get_schedule
-    from fewstep.samplers.boss import STEP_RULES, boss_schedule
+    from fewstep.samplers.boss import STEP_RULES, TrajectoryGrams, batch_grams, search_schedule
     from fewstep.samplers.spec import SamplerSpec
 
     if args.steps < 1:
@@ -86,14 +89,22 @@ def schedule_command(args) -> int:
     if args.noises < 1 or args.batch_size < 1:
         raise ValueError("--noises and --batch-size must be >= 1")
     check_spec_output(args.out, args.overwrite)
-    teacher = load_teacher(args.pipeline, args.device)
+    state = process_state()
+    device = state.device if state.num_processes > 1 else torch.device(args.device)  # under a launch: this process's
+    teacher = load_teacher(args.pipeline, device)
     fine_ts = get_schedule("uniform", teacher.path, args.fine_steps, final="zero")
     start = time.perf_counter()
-    result = boss_schedule(
-        teacher.denoiser, _noise_batches(teacher, args.noises, args.batch_size, args.seed, args.device),
-        args.steps, fine_ts, step_rule=args.step_rule, progress=True,
-        num_batches=-(-args.noises // args.batch_size),
-    )
+    batches = list(_noise_batches(teacher, args.noises, args.batch_size, args.seed, device))
+
+    def grams_of(i: int) -> TrajectoryGrams:
+        noise, cond = batches[i]
+        return batch_grams(teacher.denoiser, noise, fine_ts, **cond)
+
+    # the teacher's trajectories, batches split over the processes of `accelerate launch`; the search runs on the main one
+    grams = TrajectoryGrams.merge(shard_map(grams_of, len(batches), desc="teacher trajectories"))
+    if not state.is_main_process:
+        return 0
+    result = search_schedule(grams, teacher.path, args.steps, args.step_rule)
     seconds = time.perf_counter() - start
     solver = STEP_RULES[args.step_rule]
     spec = SamplerSpec.from_grid(solver, result.ts, teacher.path, provenance={

@@ -59,6 +59,24 @@ class TrajectoryGrams:
             setattr(self, name, mean)
         self.count = total
 
+    @classmethod
+    def merge(cls, parts: list["TrajectoryGrams"]) -> "TrajectoryGrams":
+        """The Gram means over all trajectories of `parts` (count-weighted, in the order given)."""
+        if not parts:
+            raise ValueError("no trajectory Gram matrices to merge")
+        merged = cls.empty(parts[0].ts)
+        merged.count = sum(part.count for part in parts)
+        for name in ("xx", "xm", "mm"):
+            setattr(merged, name, sum(getattr(part, name) * (part.count / merged.count) for part in parts))
+        return merged
+
+
+def batch_grams(denoiser: DenoiserLike, noise: Tensor, fine_ts: Tensor, **cond: Any) -> TrajectoryGrams:
+    """The Gram means of one batch of teacher trajectories from `noise` [B, ...] on `fine_ts`."""
+    grams = TrajectoryGrams.empty(fine_ts)
+    grams.add(*teacher_trajectories(denoiser, noise, fine_ts, **cond))
+    return grams
+
 
 def teacher_trajectories(denoiser: DenoiserLike, noise: Tensor, fine_ts: Tensor, **cond: Any) -> tuple[Tensor, Tensor]:
     """States xs and predictions ms [n+1, B, ...] of the teacher's first-order solve on `fine_ts`.
@@ -226,7 +244,14 @@ def boss_schedule(
         noise, batch_cond = batch if isinstance(batch, tuple) else (batch, {})
         xs, ms = teacher_trajectories(denoiser, noise, fine_ts, **cond, **batch_cond)
         grams.add(xs, ms)
-    path = denoiser.path
+    return search_schedule(grams, denoiser.path, num_steps, step_rule)
+
+
+def search_schedule(grams: TrajectoryGrams, path: NoisePath, num_steps: int, step_rule: str = "euler") -> BossResult:
+    """BOSS's dynamic programme over the fine grid of `grams`: the K = num_steps grid of least total local error."""
+    if step_rule not in STEP_RULES:
+        raise ValueError(f"step_rule must be one of {list(STEP_RULES)}, got {step_rule!r}")
+    fine_ts = grams.ts
     n = fine_ts.numel() - 1
     if num_steps > n:
         raise ValueError(f"K = {num_steps} steps do not fit a fine grid of {n} intervals; use K <= {n} or a finer grid")

@@ -38,8 +38,13 @@ class single_thread:
 
 def launch_two_processes(config: Path, cwd: Path) -> subprocess.CompletedProcess:
     """`accelerate launch --multi_gpu --num_processes 2 -m fewstep train CONFIG` on the CPU (gloo), one thread each."""
+    return launch_fewstep(["train", str(config)], cwd)
+
+
+def launch_fewstep(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """`accelerate launch --multi_gpu --num_processes 2 -m fewstep ARGV...` on the CPU (gloo), one thread each."""
     repo = Path(__file__).resolve().parents[2]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo)}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "fewstep", "train", str(config)]
+           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "fewstep", *argv]
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)

@@ -4,7 +4,8 @@
 
 Each CASE trains from scratch in OUT/CASE; each CASE=CHECKPOINT resumes the run that holds
 CHECKPOINT (its run folder is two levels up) to the case's last step. The main process writes
-each run's per-step losses to RUN/losses.json.
+each run's per-step losses to RUN/losses.json, and which process made each item of a `shard_map`
+to OUT/shard_owners.json.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from data_parallel_cases import case_config  # noqa: E402
 
 from fewstep.distill.loop import train  # noqa: E402
+from fewstep.distill.processes import process_state, shard_map  # noqa: E402
 
 
 def run(name: str, run_dir: Path, resume: str | None = None) -> None:
@@ -33,6 +35,10 @@ def main(argv: list[str]) -> int:
     # (gloo hangs when a group is set up again with the same store), and destroy it once at the end
     destroy, PartialState.destroy_process_group = PartialState.destroy_process_group, lambda self, group=None: None
     out, names, resumes = Path(argv[0]), [n for n in argv[1].split(",") if n], argv[2:]
+    owners = shard_map(lambda i: process_state().process_index, 5)  # which process made each item of shared work
+    if process_state().is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "shard_owners.json").write_text(json.dumps(owners))
     for name in names:
         run(name, out / name)
     for item in resumes:

@@ -140,3 +140,8 @@ def test_a_two_process_checkpoint_resumes_in_one_process(runs, name) -> None:
 @pytest.mark.parametrize("name", RESUMED)
 def test_a_one_process_checkpoint_resumes_in_two_processes(runs, name) -> None:
     assert_same_run(runs / "one_to_two" / name, runs / "one" / name, slice(CHECKPOINT_STEP, None))
+
+
+def test_shared_teacher_work_is_dealt_round_robin_over_the_processes(runs) -> None:
+    """`shard_map` items i = 0..4 are made by process i mod 2, and every process gets all of them."""
+    assert json.loads((runs / "two" / "shard_owners.json").read_text()) == [0, 1, 0, 1, 0]

@@ -448,28 +448,29 @@ def test_checkpoints_record_their_engine_and_process_count(tmp_path) -> None:
     assert state["engine"] == "ddp" and state["processes"] == 1
 
 
-def test_fit_sampler_under_two_processes_fits_the_one_process_spec(tmp_path) -> None:
-    """`accelerate launch -m fewstep fit-sampler`: the teacher's samples are split over the processes, the fit is the same."""
+@pytest.mark.parametrize("command", [
+    ["fit-sampler", "--steps", "2", "--teacher-steps", "8", "--noises", "64", "--heldout", "16", "--iterations", "5",
+     "--batch-size", "8"],
+    ["boss", "schedule", "--steps", "3", "--fine-steps", "12", "--noises", "48", "--batch-size", "8"],
+], ids=["fit-sampler", "boss-schedule"])
+def test_sampler_fitting_under_two_processes_writes_the_one_process_spec(tmp_path, command) -> None:
+    """`accelerate launch -m fewstep fit-sampler | boss schedule`: the teacher's work is split, the spec is the same."""
+    from distill_helpers import launch_fewstep
     from safetensors.torch import load_file
 
     from fewstep.cli import main
 
-    teacher = ROOT / "assets" / "teachers" / "mixture_flow"
-    args = ["fit-sampler", str(teacher), "--steps", "2", "--teacher-steps", "8", "--noises", "64", "--heldout", "16",
-            "--iterations", "5", "--batch-size", "8"]
+    teacher = str(ROOT / "assets" / "teachers" / "mixture_flow")
+    split = 2 if command[0] == "boss" else 1
+    args = [*command[:split], teacher, *command[split:]]
     assert main([*args, "--out", str(tmp_path / "one.safetensors")]) == 0
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "fewstep",
-                           *args, "--out", str(tmp_path / "two.safetensors")],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    done = launch_fewstep([*args, "--out", str(tmp_path / "two.safetensors")], tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("wrote ") == 1  # the main process fits and writes
     one, two = load_file(str(tmp_path / "one.safetensors")), load_file(str(tmp_path / "two.safetensors"))
     assert one.keys() == two.keys()
     for key in one:
         torch.testing.assert_close(two[key], one[key], rtol=1e-6, atol=1e-9)
-
 
 @pytest.mark.parametrize(("engine", "stage", "refused"), [("fsdp", None, True), ("deepspeed", "3", True),
                                                           ("deepspeed", "2", False), ("ddp", None, False)])

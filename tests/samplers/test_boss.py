@@ -142,3 +142,21 @@ def test_boss_schedule_objective_and_sampling():
         assert float(result.ts[0]) == 1.0 and float(result.ts[-1]) == 0.0 and len(result.indices) == 5
         out = sample(denoiser, noise[0], result.ts, get_solver("ddim" if rule == "euler" else "dpmpp_2m"))
         assert out.nfe == 4
+
+
+def test_merged_grams_equal_grams_accumulated_over_all_batches():
+    """Gram means made per batch (on different processes) and merged equal one pass over every batch."""
+    from fewstep.samplers.boss import batch_grams, search_schedule
+
+    g = torch.Generator().manual_seed(0)
+    denoiser = GaussianMixture.random(4, 2, std=0.2, seed=2).denoiser(FLOW)
+    fine_ts = torch.linspace(1, 0, 9, dtype=torch.float64)
+    batches = [torch.randn(n, 2, generator=g, dtype=torch.float64) for n in (5, 3, 8)]
+    whole = TrajectoryGrams.empty(fine_ts)
+    for noise in batches:
+        whole.add(*teacher_trajectories(denoiser, noise, fine_ts))
+    merged = TrajectoryGrams.merge([batch_grams(denoiser, noise, fine_ts) for noise in batches])
+    assert merged.count == whole.count == 16
+    for name in ("xx", "xm", "mm"):
+        torch.testing.assert_close(getattr(merged, name), getattr(whole, name), rtol=1e-12, atol=1e-12)
+    assert search_schedule(merged, denoiser.path, 3).indices == boss_schedule(denoiser, batches, 3, fine_ts).indices
