@@ -4,6 +4,7 @@
     python scripts/bench_scaling.py memory --fp32     # fp32 Adam: 4 + 4 + 8 bytes per trained parameter
     python scripts/bench_scaling.py throughput assets/configs/mnist_flow.yaml --batch 64   # 1 vs 2 processes (gloo)
     python scripts/bench_scaling.py equivalence       # every objective: 1 process vs 2 (same global batch), ~2 min
+    python scripts/bench_scaling.py inventory assets/configs/mixture_msd.yaml   # accounting vs a live trainer's tensors
 
 Pure arithmetic (`fewstep.distill.scaling`): model states only (weights, gradients, Adam states,
 EMA copies, frozen teachers); nothing is trained or loaded.
@@ -149,6 +150,26 @@ def equivalence_report() -> str:
     return "\n".join(lines)
 
 
+def inventory_report(config_path: str) -> str:
+    """The fp32 accounting (DDP, one process) of a config's trainer beside the bytes of its live tensors after one step."""
+    from fewstep.distill.config import load_config
+    from fewstep.distill.loop import Trainer
+    from fewstep.distill.scaling import measured_state_bytes, trainer_specs
+
+    run_dir = tempfile.mkdtemp(prefix="fewstep_inventory_")
+    config = load_config(config_path, [f"run_dir={run_dir}", "log_with=none", "max_steps=1", "checkpoint_every=0",
+                                       "sample_every=0"])
+    trainer = Trainer(config)
+    trainer.train_step(0, trainer._batches())  # Adam's states exist after the first step
+    accounted = trainer_memory(trainer_specs(trainer), stage=0, num_processes=1, mixed_precision=False)
+    measured = measured_state_bytes(trainer)
+    lines = [f"{config_path}: fp32 weights, gradients, Adam (4 + 4 + 8 bytes per trained parameter), fp32 EMA and "
+             "frozen teacher (4 bytes)", "", "| network | accounting (MB) | live tensors (MB) | ratio |", "|---|---|---|---|"]
+    for name, value in accounted.items():
+        lines.append(f"| {name} | {value / 1e6:.3f} | {measured[name] / 1e6:.3f} | {measured[name] / value:.4f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", required=True)
@@ -161,11 +182,15 @@ def main() -> None:
     p.add_argument("--long", type=int, default=40)
     p.add_argument("--cores", type=int, default=os.cpu_count() or 2)
     sub.add_parser("equivalence", help="every objective trained on 1 vs 2 processes with the same global batch")
+    p = sub.add_parser("inventory", help="the fp32 accounting beside a config's live trainer tensors after one step")
+    p.add_argument("config")
     args = parser.parse_args()
     if args.what == "memory":
         print(memory_report(mixed_precision=not args.fp32))
     elif args.what == "equivalence":
         print(equivalence_report())
+    elif args.what == "inventory":
+        print(inventory_report(args.config))
     else:
         print(throughput_report(args.config, args.batch, args.short, args.long, args.cores))
 

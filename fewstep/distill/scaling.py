@@ -19,6 +19,7 @@ The presets below list, for each shipped trainer, the networks it holds: at the 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 #: ZeRO stages: 0 is plain data parallelism (DDP), 3 partitions everything.
 STAGES = (0, 1, 2, 3)
@@ -213,3 +214,44 @@ SD_CLASS_TRAINERS: dict[str, dict[str, NetworkSpec]] = {
     "acestep": {"transformer": trained(DIT_2B, ema=True)},
     "acestep_turbo": acestep_turbo_networks(DIT_2B),
 }
+
+
+# -- the accounting against a live trainer -------------------------------------------------------
+
+def trainer_specs(trainer: Any) -> dict[str, NetworkSpec]:
+    """The NetworkSpecs of a built `fewstep.distill.loop.Trainer`: its networks (trained or frozen, EMA) and teacher."""
+    specs = {}
+    if trainer.teacher is not None:
+        specs["teacher"] = frozen(sum(p.numel() for p in trainer.teacher.network.parameters()))
+    for name, network in trainer.networks().items():
+        params = list(network.parameters())
+        trainable = any(p.requires_grad for p in params)
+        specs[name] = NetworkSpec(sum(p.numel() for p in params), trainable=trainable, ema=name in trainer.emas)
+    return specs
+
+
+def measured_state_bytes(trainer: Any) -> dict[str, float]:
+    """Bytes of the model-state tensors a built Trainer holds, per network (+ "total").
+
+    Weights of every network and of the teacher, one gradient per trained weight (the size
+    `backward` allocates during a step), the optimizers' state tensors of each trained weight
+    (Adam's momentum, variance and step counter) and the EMA's shadow copies: what
+    `trainer_memory(..., stage=0)` accounts for, read off the live objects.
+    """
+    def size(tensors: Any) -> int:
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    optimizer_state = {id(p): size(v for v in state.values() if hasattr(v, "numel"))
+                       for optimizer in trainer.optimizers for p, state in optimizer.state.items()}
+    measured = {}
+    if trainer.teacher is not None:
+        measured["teacher"] = float(size(trainer.teacher.network.parameters()))
+    for name, network in trainer.networks().items():
+        trained_params = [p for p in network.parameters() if p.requires_grad]
+        total = size(network.parameters()) + size(trained_params)  # weights + gradients
+        total += sum(optimizer_state.get(id(p), 0) for p in trained_params)
+        if name in trainer.emas:
+            total += size(trainer.emas[name].shadow_params)
+        measured[name] = float(total)
+    measured["total"] = sum(measured.values())
+    return measured

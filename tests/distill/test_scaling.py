@@ -487,3 +487,25 @@ def test_an_ema_of_sharded_parameters_is_refused_naming_the_alternatives(monkeyp
     else:
         check_engine_ema(engine, 0.999)
 
+
+
+def test_the_fp32_accounting_equals_a_live_msd_trainers_tensors(tmp_path) -> None:
+    """DDP accounting (fp32 Adam, EMA, frozen teacher) against the bytes a real trainer holds after one step."""
+    from distill_helpers import single_thread, tiny_config
+
+    from fewstep.distill.loop import Trainer
+    from fewstep.distill.scaling import measured_state_bytes, trainer_specs
+
+    teacher = ROOT / "assets" / "teachers" / "mixture_flow"
+    config = tiny_config(tmp_path / "run", "model.type=pretrained", f"model.pretrained={teacher}",
+                         "objective={name: msd, num_students: 2, batch_per_student: 8, critic_steps: 1}", "data.batch_size=32")
+    with single_thread():
+        trainer = Trainer(config)
+        trainer.train_step(0, trainer._batches())
+    specs = trainer_specs(trainer)
+    assert sorted(specs) == ["critic_0", "critic_1", "student_0", "student_1", "teacher"]
+    assert specs["student_0"].ema and not specs["critic_0"].ema and not specs["teacher"].trainable
+    accounted = trainer_memory(specs, stage=0, num_processes=1, mixed_precision=False)
+    measured = measured_state_bytes(trainer)
+    for name in accounted:  # Adam's step counters (4 bytes per parameter tensor) are the only extra
+        assert measured[name] == pytest.approx(accounted[name], rel=1e-3), name
