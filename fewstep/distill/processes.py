@@ -6,6 +6,7 @@ import contextlib
 import importlib.util
 import os
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
@@ -117,8 +118,6 @@ def fill_deepspeed_batch(ds_config: dict[str, Any], micro_batch: int, accumulati
     accelerate's DeepSpeed `backward` also steps the engine, so fewstep's own accumulation cannot
     be used there: `accumulation` > 1 is refused. Set values are kept; one that disagrees raises.
     """
-    import os
-
     if accumulation != 1:
         raise ValueError(f"optim.gradient_accumulation_steps={accumulation} is not supported under DeepSpeed (accelerate's "
                          "DeepSpeed backward steps the engine every micro-batch); set it to 1 and raise data.batch_size, "
@@ -147,10 +146,8 @@ def sharded_state_names(engine: str, num_networks: int, num_optimizers: int) -> 
     raise ValueError(f"{engine!r} writes plain files, not sharded folders")
 
 
-def checkpoint_engine(folder: Any, recorded: str | None = None) -> str:
+def checkpoint_engine(folder: str | Path, recorded: str | None = None) -> str:
     """The engine a checkpoint folder was written under: its trainer_state.json's record, else told by its files."""
-    from pathlib import Path
-
     if recorded in ENGINES:
         return recorded
     folder = Path(folder)
@@ -161,9 +158,9 @@ def checkpoint_engine(folder: Any, recorded: str | None = None) -> str:
     return "ddp"
 
 
-def check_checkpoint_engine(path: Any, written_under: str, running: str) -> None:
+def check_checkpoint_engine(path: str | Path, written_under: str, running: str) -> None:
     """Refuse to resume a checkpoint whose state files another engine wrote, naming how to resume it."""
-    if written_under == running or {written_under, running} <= {"ddp"}:
+    if written_under == running:
         return
     files = {"ddp": "model.safetensors / optimizer.bin", "fsdp": "sharded pytorch_model_fsdp_0/ / optimizer_0/",
              "deepspeed": "DeepSpeed's pytorch_model/ with ZeRO shards"}
