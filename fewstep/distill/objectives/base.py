@@ -7,9 +7,10 @@ K students), declares the optimizer parameter groups of each phase (e.g. "critic
 the loop (`fewstep.distill.loop`) owns devices, `prepare`, accumulation, precision, EMA of
 every network in `ema_networks`, checkpoints and logging, and swaps `self.networks[name]` for
 its prepared (wrapped) copy: call a network (its forward), or run other methods of it through
-`as_forward` (the wrapper's forward does the data-parallel work). A frozen teacher is not one of `self.networks`: it arrives whole
-(`Teacher`: network, noise path, prediction type, scheduler config) and is neither trained,
-averaged nor checkpointed.
+`as_forward` (the wrapper's forward does the data-parallel work). Per-sample randomness is drawn
+through `fewstep.batch_noise` with the loop's generator. A frozen teacher is not one of
+`self.networks`: it arrives whole (`Teacher`: network, noise path, prediction type, scheduler
+config) and is neither trained, averaged nor checkpointed.
 
 Each objective declares its options once, as a dataclass (`Options`), and registers itself
 by name with `@register_objective`; the config section `objective:` is validated against it
